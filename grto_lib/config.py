@@ -1,0 +1,154 @@
+"""One configuration object for a training run (cleanrl style: every field documented where it is declared).
+
+``TrainConfig`` is what ``python -m grto_lib.train``, the notebooks and your own scripts fill in. It is validated
+before any model is built or any data is read, so a typo fails in milliseconds with the allowed values named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASETS = ("reasonseg", "cod", "earthreason")
+METHODS = ("grpo", "grto", "b-grto")
+PRESETS = ("tiny", "paper")
+TOOL_WEIGHTINGS = ("uniform", "advantage", "positive")
+TOOL_LOSSES = ("bce_dice", "soft_iou")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one GRPO / GRTO / B-GRTO run."""
+
+    # --- what to train on ---------------------------------------------------------------------------------
+    dataset: str = "reasonseg"
+    """Setting: reasonseg | cod | earthreason."""
+    data_root: str | None = None
+    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data)."""
+    train_size: int = 2000
+    """Synthetic training samples (ignored for real data)."""
+    eval_size: int = 200
+    """Test samples used by the final evaluation (and the first ``curve_size`` for learning curves)."""
+    image_size: int = 128
+    """Side of synthetic images in pixels."""
+
+    # --- what to train -----------------------------------------------------------------------------------
+    method: str = "b-grto"
+    """grpo: tool frozen | grto: tool trained on the rollouts | b-grto: BTO bootstrap, then GRTO."""
+    preset: str = "tiny"
+    """tiny: the tiny world's stand-ins (CPU, minutes) | paper: Qwen2.5-VL-3B + LoRA and SAM ViT-H."""
+    policy_path: str | None = None
+    """Policy weights (hub id or folder). None: the preset's default."""
+    tool_checkpoint: str | None = None
+    """SAM weights. None: the preset's default (tiny: the stand-in; paper: required for real use)."""
+    lora: bool = False
+    """Train a LoRA adapter instead of all policy weights (the paper preset always does)."""
+
+    # --- GRPO ----------------------------------------------------------------------------------------------
+    steps: int = 100
+    """Optimizer steps."""
+    prompts_per_step: int = 8
+    """Distinct prompts (images + queries) per step; each gets ``num_generations`` rollouts."""
+    num_generations: int = 8
+    """G: rollouts per prompt, the group the advantages are relative to."""
+    policy_lr: float = 5e-5
+    """Policy learning rate (AdamW, constant after warm-up)."""
+    beta: float = 0.0
+    """KL coefficient towards the reference policy (0: no reference model is kept)."""
+    loss_type: str = "grpo"
+    """TRL loss aggregation: grpo | dapo | dr_grpo | bnpo (set explicitly: TRL's default changes)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    max_completion_length: int = 48
+    """Longest completion in tokens (the tiny policy's answers take about 35)."""
+
+    # --- GRTO: the tool ------------------------------------------------------------------------------------
+    tool_lr: float = 3e-4
+    """Tool (mask decoder) learning rate, its own Adam optimizer."""
+    tool_loss_weight: float = 1.0
+    """lambda: weight of the tool loss in the joint surrogate."""
+    tool_loss: str = "bce_dice"
+    """Differentiable surrogate of mask IoU: bce_dice | soft_iou."""
+    tool_weighting: str = "uniform"
+    """How rollouts weigh in the tool loss: uniform (unbiased) | advantage | positive (ablations, biased)."""
+
+    # --- BTO: the bootstrap (b-grto only) -----------------------------------------------------------------
+    bto_prompts: int = 256
+    """Prompts whose reference-policy rollouts fill the BTO buffer."""
+    bto_generations: int = 8
+    """Rollouts per prompt in the BTO buffer."""
+    bto_steps: int = 200
+    """Off-policy tool updates on the buffer."""
+    bto_batch: int = 64
+    """Rollouts per BTO update."""
+    bto_lr: float = 1e-3
+    """Tool learning rate during BTO."""
+
+    # --- bookkeeping ---------------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    output_dir: str = "runs/default"
+    """Where checkpoints, logs and metrics.json go."""
+    save_steps: int = 50
+    """Checkpoint every this many steps (and at the end)."""
+    curve_every: int = 25
+    """Evaluate test gIoU every this many steps for the learning curve (0: never)."""
+    curve_size: int = 64
+    """Test samples used for learning-curve points."""
+    logging_steps: int = 5
+    """Log to the console and TensorBoard every this many steps."""
+    reward_weights: dict = field(default_factory=dict)
+    """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and its allowed values."""
+        choices = {
+            "dataset": DATASETS, "method": METHODS, "preset": PRESETS, "tool_weighting": TOOL_WEIGHTINGS,
+            "tool_loss": TOOL_LOSSES, "loss_type": LOSS_TYPES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+        positive_ints = ("train_size", "eval_size", "steps", "prompts_per_step", "num_generations",
+                         "max_completion_length", "bto_prompts", "bto_generations", "bto_batch", "save_steps",
+                         "curve_size", "logging_steps", "image_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.num_generations < 2:
+            raise ValueError("TrainConfig.num_generations must be >= 2: advantages are relative to the group")
+        for name in ("policy_lr", "tool_lr", "bto_lr", "beta", "tool_loss_weight", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
+        from .rewards import RewardWeights
+        known = {f.name for f in dataclasses.fields(RewardWeights)}
+        if not isinstance(self.reward_weights, dict) or set(self.reward_weights) - known:
+            raise ValueError(f"TrainConfig.reward_weights={self.reward_weights!r}: keys must be among {sorted(known)}")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise ValueError(f"TrainConfig.data_root={self.data_root!r} is not a folder (None = synthetic data)")
+
+    @property
+    def trains_tool(self) -> bool:
+        """Whether the tool is updated during RL (grto and b-grto)."""
+        return self.method in ("grto", "b-grto")
+
+    def to_json(self, path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        """Load a config file; unknown keys are an error naming them."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)

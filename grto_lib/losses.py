@@ -1,0 +1,275 @@
+r"""The math of a GRTO update as pure torch functions: advantages, the GRPO surrogate, the tool loss, its weights.
+
+Notation: a batch of B completions, G per prompt (consecutive), T completion tokens, mask m_{i,t} in {0, 1}.
+
+* ``group_advantages``: A_i = (r_i - mean_{g(i)} r) / (std r + eps), as TRL 1.16's GRPOTrainer computes them.
+* ``grpo_token_loss``: TRL 1.16's ``GRPOTrainer._compute_loss`` for loss types grpo, bnpo, dr_grpo, dapo,
+  given per-token log-probabilities (no model): the clipped-ratio surrogate plus the optional k3 KL term.
+* ``tool_loss``: the differentiable stand-in for the mask reward, per rollout (BCE + soft Dice, or soft IoU).
+* ``tool_loss_weights``: how per-rollout tool losses are averaged. Since sampling o ~ pi_theta does not
+  depend on the tool's parameters phi, grad_phi J = E_o[grad_phi r_mask] has no score-function term, and
+  the uniform mean over the valid rollouts of a batch is its unbiased estimate; other schemes are ablations.
+
+The GRTO surrogate is L = grpo_token_loss(...) + lambda * sum_i w_i tool_loss_i, with w = tool_loss_weights(...),
+the advantages computed from stop-gradient rewards and the tool prompted with stop-gradient parsed answers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SCALES = ("group", "batch", "none")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+TOOL_LOSS_KINDS = ("bce_dice", "soft_iou")
+WEIGHT_SCHEMES = ("uniform", "advantage", "positive")
+
+
+def _nanstd(x: torch.Tensor, dim=None) -> torch.Tensor:
+    """Bessel-corrected std ignoring NaNs; NaN for fewer than 2 values (``trl.trainer.utils.nanstd``)."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    variance = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
+    count = torch.sum(~torch.isnan(x), dim=dim, keepdim=True)
+    correction = count / (count - 1)
+    correction = torch.where(count > 1, correction, torch.full_like(correction, float("nan")))
+    std = torch.sqrt(variance * correction)
+    return std.squeeze() if dim is None else std.squeeze(dim)
+
+
+def group_advantages(rewards, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    r"""Group-relative advantages, exactly as TRL 1.16 (``multi_objective_aggregation="sum_then_normalize"``).
+
+    With rewards r of shape [B] ordered as B / G groups of G consecutive completions of one prompt:
+
+        A_i = (r_i - \bar r_{g(i)}) / (s + eps),    \bar r_g = mean of group g,
+
+    where s = std of the group (``scale="group"``), std of the whole batch (``"batch"``; the mean is still the
+    group's), or s + eps := 1 (``"none"``, Dr. GRPO). Stds are unbiased (Bessel, n - 1), s = 0 when only one
+    value is available. NaN rewards (TRL's "unscorable" completions) are left out of means and stds and get
+    advantage 0. A group whose rewards are all equal gets advantages exactly 0: it carries no signal.
+    ``True`` / ``False`` are accepted for ``scale`` as in TRL ("group" / "none").
+    """
+    scale = {True: "group", False: "none"}.get(scale, scale)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    rewards = torch.as_tensor(rewards)
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"group_size={group_size} must be >= 1 and divide the batch size {rewards.numel()}")
+    grouped = rewards.view(-1, group_size)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size, dim=0)
+    if scale == "batch":
+        std = _nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+    elif group_size > 1:
+        std = _nanstd(grouped, dim=1).repeat_interleave(group_size, dim=0)
+    else:
+        std = torch.zeros_like(rewards)
+    advantages = rewards - mean
+    if scale != "none":
+        advantages = advantages / (std + eps)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+def grpo_token_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "dapo",
+    beta: float = 0.0,
+    ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    num_items_in_batch=None,
+    num_processes: int = 1,
+    gradient_accumulation_steps: int = 1,
+    steps_per_generation: int | None = None,
+    importance_sampling_level: str = "token",
+    delta: float | None = None,
+    use_bias_correction_kl: bool = True,
+) -> torch.Tensor:
+    r"""The policy loss of one micro-batch, identical to TRL 1.16's ``GRPOTrainer._compute_loss``.
+
+    Per token (``importance_sampling_level="token"``; ``"sequence"`` uses one ratio per completion,
+    exp of the masked mean of the log-ratios, GSPO):
+
+        rho_{i,t} = exp(logp_{i,t} - logp^{old}_{i,t})
+        l_{i,t}   = -min(rho'_{i,t} A_i, clip(rho_{i,t}, 1 - eps_low, 1 + eps_high) A_i) + beta * kl_{i,t}
+        kl_{i,t}  = exp(ref_{i,t} - logp_{i,t}) - (ref_{i,t} - logp_{i,t}) - 1          (k3 estimator)
+
+    with rho' = min(rho, delta) when ``delta`` is set (two-sided clipping), else rho, and kl multiplied by
+    rho (differentiable, so it changes the KL gradient even on-policy) when ``use_bias_correction_kl``
+    (TRL's default). Then, with m the mask and k = ``gradient_accumulation_steps``:
+
+        grpo:    L = (1/B) sum_i [sum_t m l / max(sum_t m, 1)] / k
+        bnpo:    L = [sum_{i,t} m l / max(sum_{i,t} m, 1)] / k
+        dr_grpo: L = [sum_{i,t} m l / (B * max_completion_length)] / k
+        dapo:    L = sum_{i,t} m l / (max(N, 1) / P * k / S)
+
+    where, for dapo, N = ``num_items_in_batch`` is the number of unmasked completion tokens of the whole
+    *generation* batch summed over all P = ``num_processes`` processes (TRL gathers ``loss_mask.sum()``),
+    and S = ``steps_per_generation`` (TRL's default: S = k). Data-parallel gradient averaging divides by P
+    again, so the optimizer sees sum over every token of the step / N. ``num_items_in_batch=None`` means
+    this micro-batch is everything (N = sum m, P = k = S = 1 reproduces bnpo).
+
+    Args:
+        per_token_logps: [B, T] log pi_theta of the completion tokens (with gradient).
+        old_per_token_logps: [B, T] log pi_old, or ``None`` for on-policy (TRL then uses ``per_token_logps.detach()``).
+        advantages: [B] (or [B, T]) advantages, no gradient.
+        completion_mask: [B, T] 1 for completion tokens that count (TRL: completion_mask * tool_mask).
+        epsilon_low, epsilon_high: clip range; ``epsilon_high=None`` means ``epsilon_low`` (TRL's ``epsilon``).
+        loss_type: one of ``LOSS_TYPES``.
+        beta: KL coefficient; 0 skips the KL term and needs no reference log-probs.
+        ref_per_token_logps: [B, T] log pi_ref, required when ``beta != 0``.
+        max_completion_length: required for ``dr_grpo``.
+        num_items_in_batch, num_processes, steps_per_generation: dapo's normaliser (see above).
+        gradient_accumulation_steps: TRL's ``current_gradient_accumulation_steps`` in training; in eval TRL
+            uses 1 for every loss type (pass 1, and for dapo also ``steps_per_generation=1``).
+        importance_sampling_level: ``"token"`` or ``"sequence"``.
+        delta: optional upper clamp of the unclipped ratio.
+        use_bias_correction_kl: multiply the KL term by the ratio (TRL default True).
+
+    Not covered (TRL features off by default): off-policy sequence masking, entropy masking and bonus,
+    vLLM importance-sampling correction, MoE auxiliary loss.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    if per_token_logps.dim() != 2 or completion_mask.shape != per_token_logps.shape:
+        raise ValueError(
+            f"per_token_logps {tuple(per_token_logps.shape)} and completion_mask {tuple(completion_mask.shape)} "
+            "must both be [B, T]"
+        )
+    if beta != 0.0 and ref_per_token_logps is None:
+        raise ValueError("beta != 0 needs ref_per_token_logps")
+    if loss_type == "dr_grpo" and max_completion_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    steps_per_generation = gradient_accumulation_steps if steps_per_generation is None else steps_per_generation
+    mask = completion_mask
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    if old_per_token_logps is None:
+        old_per_token_logps = per_token_logps.detach()
+
+    log_ratio = per_token_logps - old_per_token_logps
+    if importance_sampling_level == "token":
+        log_importance_weights = log_ratio
+    else:
+        log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    coef_1 = torch.exp(log_importance_weights)
+
+    if beta != 0.0:
+        per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * coef_1
+
+    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
+    if delta is not None:
+        coef_1 = torch.clamp(coef_1, max=delta)
+    per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
+    if beta != 0.0:
+        per_token_loss = per_token_loss + beta * per_token_kl
+
+    if loss_type == "grpo":
+        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        return loss / gradient_accumulation_steps
+    if loss_type == "bnpo":
+        loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+        return loss / gradient_accumulation_steps
+    if loss_type == "dr_grpo":
+        loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
+        return loss / gradient_accumulation_steps
+    if num_items_in_batch is None:
+        num_items_in_batch = mask.sum()
+    normalizer = torch.as_tensor(num_items_in_batch, device=per_token_loss.device).clamp(min=1.0) / num_processes
+    normalizer = normalizer * gradient_accumulation_steps / steps_per_generation
+    return (per_token_loss * mask).sum() / normalizer
+
+
+def tool_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore: torch.Tensor | None = None,
+    kind: str = "bce_dice",
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    r"""Per-rollout segmentation loss [N] of mask logits [N, H, W] against bool targets [N, H, W].
+
+    With p = sigmoid(logits), t the target, w = 1 - ignore (all ones without ``ignore``) and sums over pixels:
+
+        bce_dice: BCE + Dice,  BCE  = sum w * bce(logit, t) / max(sum w, 1),
+                               Dice = 1 - (2 sum w p t + s) / (sum w p + sum w t + s)
+        soft_iou: 1 - (sum w p t + s) / (sum w (p + t - p t) + s)
+
+    s = ``smooth`` (1.0, SAM's dice_loss convention) keeps an empty target with an empty prediction at loss 0;
+    with s = 0 an all-empty sample counts as a perfect overlap (ratio 1). Differentiable w.r.t. ``logits``.
+    """
+    if kind not in TOOL_LOSS_KINDS:
+        raise ValueError(f"kind must be one of {TOOL_LOSS_KINDS}, got {kind!r}")
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0, got {smooth}")
+    if logits.dim() != 3 or targets.shape != logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be [N, H, W]")
+    if ignore is not None and ignore.shape != logits.shape:
+        raise ValueError(f"ignore {tuple(ignore.shape)} must match logits {tuple(logits.shape)}")
+    t = targets.to(logits.dtype)
+    w = torch.ones_like(logits) if ignore is None else (~ignore.bool()).to(logits.dtype)
+    p = torch.sigmoid(logits)
+    dims = (1, 2)
+
+    def ratio(num, den):
+        ok = den > 0
+        return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(den))
+
+    if kind == "soft_iou":
+        inter = (w * p * t).sum(dims)
+        union = (w * (p + t - p * t)).sum(dims)
+        return 1 - ratio(inter + smooth, union + smooth)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    bce = (w * bce).sum(dims) / w.sum(dims).clamp(min=1.0)
+    dice = 1 - ratio(2 * (w * p * t).sum(dims) + smooth, (w * p).sum(dims) + (w * t).sum(dims) + smooth)
+    return bce + dice
+
+
+def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform") -> torch.Tensor:
+    r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
+
+    * ``uniform`` (default, unbiased): w_i = 1 / #valid on valid rollouts. The tool gradient
+      grad_phi J = E_{o ~ pi_theta}[grad_phi r_mask] has no advantage in it; each valid rollout is one sample
+      of the prompt distribution the tool will see.
+    * ``advantage`` (ablation, biased): w_i = max(A_i, 0) / sum_j max(A_j, 0) over valid rollouts. A soft
+      version of ``positive``: the tool fits the prompts of better-than-average rollouts, most of all the
+      best. Signed weights are excluded on purpose: a negative weight would *maximise* the tool loss on bad
+      prompts, a direction with no bound.
+    * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
+      sign).
+
+    Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is
+    selected every weight is 0, so the tool loss and its gradient vanish.
+    """
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"scheme must be one of {WEIGHT_SCHEMES}, got {scheme!r}")
+    advantages = torch.as_tensor(advantages)
+    valid = torch.as_tensor(valid)
+    if advantages.dim() != 1 or valid.shape != advantages.shape:
+        raise ValueError(f"advantages {tuple(advantages.shape)} and valid {tuple(valid.shape)} must both be [N]")
+    if valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor, got {valid.dtype}")
+    dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
+    advantages = advantages.detach().to(dtype)
+    if scheme != "uniform" and not torch.isfinite(advantages[valid]).all():
+        raise ValueError("advantages of valid rollouts must be finite")
+    if scheme == "uniform":
+        raw = valid.to(dtype)
+    elif scheme == "positive":
+        raw = (valid & (advantages > 0)).to(dtype)
+    else:
+        raw = torch.where(valid, advantages.clamp(min=0), torch.zeros_like(advantages))
+    total = raw.sum()
+    return raw / total if total > 0 else torch.zeros_like(raw)

@@ -1,0 +1,72 @@
+"""The chat prompt the policy reads and the answer it must write: the one place the format is defined.
+
+A completion looks like::
+
+    <think>the target is the red circle</think><answer>{"bbox": [x1, y1, x2, y2], "points": [[x, y], [x, y]]}</answer>
+
+Coordinates are pixels of the image **as the policy sees it**: every image is resized to a square of
+``policy_image_size`` pixels before it reaches the policy (112-128 for the tiny world, 840 for the paper
+preset, as Seg-Zero does). ``answer_to_image_pixels`` maps an answer back onto the original image.
+Whitespace between tokens is allowed anywhere (the tiny policy's word-level tokenizer decodes with spaces).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+SYSTEM_PROMPT = (
+    "You segment the object a query refers to. Think first, then answer with a bounding box and two "
+    "points inside the object, in pixels of the image."
+)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+
+def format_answer(bbox, points, think: str = "") -> str:
+    """The completion the policy should write for a box ``[x1, y1, x2, y2]`` and points ``[[x, y], ...]``."""
+    payload = {"bbox": [int(round(v)) for v in bbox], "points": [[int(round(x)), int(round(y))] for x, y in points]}
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{json.dumps(payload)}{ANSWER_CLOSE}"
+
+
+def build_messages(query: str) -> list[dict]:
+    """The conversation TRL expects for a vision-language prompt: a system turn and a user turn with one image."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]},
+    ]
+
+
+def policy_view(image: np.ndarray, policy_image_size: int) -> Image.Image:
+    """The image as the policy sees it: RGB, resized to a ``policy_image_size`` square."""
+    pil = Image.fromarray(image).convert("RGB")
+    if pil.size != (policy_image_size, policy_image_size):
+        pil = pil.resize((policy_image_size, policy_image_size), Image.BILINEAR)
+    return pil
+
+
+def answer_to_image_pixels(bbox, points, image_hw: tuple[int, int], policy_image_size: int):
+    """Scale a box and points from the policy's square view to the original ``(H, W)`` image, clipped to it."""
+    h, w = image_hw
+    sx, sy = w / policy_image_size, h / policy_image_size
+    x1, y1, x2, y2 = bbox
+    box = np.array([x1 * sx, y1 * sy, x2 * sx, y2 * sy], dtype=np.float64)
+    box[[0, 2]] = box[[0, 2]].clip(0, w)
+    box[[1, 3]] = box[[1, 3]].clip(0, h)
+    pts = np.array([[x * sx, y * sy] for x, y in points], dtype=np.float64).reshape(-1, 2)
+    if len(pts):
+        pts[:, 0] = pts[:, 0].clip(0, w - 1)
+        pts[:, 1] = pts[:, 1].clip(0, h - 1)
+    return box, pts
+
+
+def to_trl_rows(dataset, policy_image_size: int) -> list[dict]:
+    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation), ``image`` (policy view), ``sample_index``.
+
+    ``sample_index`` lets reward functions and the tool loss find the sample's full-resolution image and mask.
+    """
+    return [
+        {"prompt": build_messages(s.query), "image": policy_view(s.image, policy_image_size), "sample_index": i}
+        for i, s in enumerate(dataset)
+    ]

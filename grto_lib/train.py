@@ -1,0 +1,276 @@
+"""One entry point for a GRPO / GRTO / B-GRTO run: ``train(TrainConfig)`` in Python, or the command line::
+
+    python -m grto_lib.train --dataset reasonseg --method b-grto --steps 100 --output-dir runs/rs
+    python -m grto_lib.train --config my_run.json
+
+What it does, in order: validate the config; load data, the policy and the tool (the preset's stand-ins
+unless paths are given); for ``b-grto`` build or reuse the BTO buffer and bootstrap the tool; run
+``GRTOTrainer`` (resuming from the last complete checkpoint in ``output_dir``); evaluate on the test split;
+write ``output_dir/metrics.json``. Learning-curve points (test gIoU against steps and wall time) are written
+to ``output_dir/curve.jsonl`` while it trains.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
+from .config import TrainConfig
+from .data import load_dataset
+from .evaluate import evaluate_policy
+from .policy import PolicyConfig, load_policy
+from .prompts import to_trl_rows
+from .rewards import RewardWeights
+from .scorer import RolloutScorer
+from .tool import load_tool, load_tool_config
+from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
+
+TINY_TOOL = Path(__file__).resolve().parent.parent / "data" / "standins" / "tool"
+# Fields that must agree between a run folder's saved config and a resumed run.
+_RESUME_FIELDS = ("dataset", "data_root", "method", "preset", "policy_path", "tool_checkpoint", "lora",
+                  "prompts_per_step", "num_generations", "seed", "train_size", "image_size")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_models(config: TrainConfig):
+    """(policy, processor, tool, policy_image_size) of the config's preset."""
+    policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper")
+    if config.policy_path is not None:
+        policy_config.model_name_or_path = config.policy_path
+    policy, processor = load_policy(policy_config)
+    if config.tool_checkpoint is not None and Path(config.tool_checkpoint).is_dir():
+        tool = load_tool(load_tool_config(config.tool_checkpoint))
+    elif config.preset == "tiny":
+        tool = load_tool(load_tool_config(config.tool_checkpoint or TINY_TOOL))
+    else:
+        from .tool import ToolConfig
+        tool = load_tool(ToolConfig(preset="vit_h", checkpoint=config.tool_checkpoint))
+    return policy, processor, tool, policy_config.policy_image_size
+
+
+def _check_run_folder(config: TrainConfig, out: Path) -> None:
+    """A run folder belongs to one configuration: refuse to resume it with another."""
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    differ = {k: (saved.get(k), getattr(config, k)) for k in _RESUME_FIELDS if saved.get(k) != getattr(config, k)}
+    if differ and last_complete_checkpoint(out) is not None:
+        raise ValueError(f"{out} holds checkpoints of another configuration (saved vs requested: {differ}); "
+                         f"choose another output_dir or delete that folder")
+
+
+class _LearningCurve(TrainerCallback):
+    """Test gIoU every ``every`` steps on a fixed test subset, against steps and training wall time."""
+
+    def __init__(self, evaluate, every: int, path: Path, time_offset: float):
+        self.evaluate, self.every, self.path = evaluate, every, path
+        self.time_offset = time_offset  # seconds spent before RL (the BTO bootstrap)
+        self.points = [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
+        self.train_seconds, self._last = 0.0, None
+
+    def _record(self, step: int, model) -> None:
+        if any(p["step"] == step for p in self.points):
+            return
+        scores = self.evaluate(model)
+        self.points.append({"step": step, "seconds": round(self.time_offset + self.train_seconds, 2), **scores})
+        self.path.write_text("".join(json.dumps(p) + "\n" for p in self.points))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.points = [p for p in self.points if p["step"] <= state.global_step]
+        if self.points:
+            self.train_seconds = self.points[-1]["seconds"] - self.time_offset
+        self._record(state.global_step, model)
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.train_seconds += time.perf_counter() - self._last
+        if self.every and state.global_step % self.every == 0:
+            self._record(state.global_step, model)
+        self._last = time.perf_counter()
+
+
+def grpo_args(config: TrainConfig, out: Path):
+    """TRL's GRPOConfig for ``config``; everything version-sensitive is set explicitly."""
+    from trl import GRPOConfig
+
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(out),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=config.num_generations,
+        learning_rate=config.policy_lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=min(5, config.steps),
+        beta=config.beta,
+        loss_type=config.loss_type,
+        scale_rewards="group",
+        epsilon=0.2,
+        temperature=config.temperature,
+        top_p=1.0,
+        max_completion_length=config.max_completion_length,
+        reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in RolloutScorer.TERMS],
+        bf16=on_gpu and config.preset == "paper",
+        use_cpu=not on_gpu,
+        gradient_checkpointing=config.preset == "paper",
+        remove_unused_columns=False,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to=["tensorboard"],
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:
+    """Run ``config`` end to end; returns (and writes to ``metrics.json``) the results."""
+    config.validate()
+    out = Path(config.output_dir)
+    _check_run_folder(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.to_json(out / "config.json")
+    seed_everything(config.seed)
+
+    train_set = load_dataset(config.dataset, "train", config.data_root,
+                             **({} if config.data_root else {"size": config.train_size, "image_size": config.image_size,
+                                                              "seed": config.seed}))
+    test_set = load_dataset(config.dataset, "test", config.data_root,
+                            **({} if config.data_root else {"size": config.eval_size, "image_size": config.image_size}))
+    policy, processor, tool, policy_image_size = load_models(config)
+
+    timing = {"bto_seconds": 0.0}
+    if config.method == "b-grto":
+        timing.update(run_bto(config, policy, processor, tool, train_set, policy_image_size, out))
+
+    scorer = RolloutScorer(train_set, tool, policy_image_size)
+    from datasets import Dataset
+    rows = to_trl_rows(train_set, policy_image_size)
+    trainer = GRTOTrainer(
+        model=policy, processing_class=processor, args=grpo_args(config, out),
+        train_dataset=Dataset.from_list(rows), scorer=scorer, train_tool=config.trains_tool,
+        tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,
+        tool_weighting=config.tool_weighting,
+    )
+    curve_indices = list(range(min(config.curve_size, len(test_set))))
+    curve = _LearningCurve(
+        lambda model: _curve_scores(model, processor, tool, test_set, policy_image_size, curve_indices, config),
+        config.curve_every, out / "curve.jsonl", timing["bto_seconds"])
+    if config.curve_every:
+        trainer.add_callback(curve)
+    for callback in extra_callbacks:
+        trainer.add_callback(callback)
+
+    checkpoint = last_complete_checkpoint(out) if resume else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    timing["train_seconds"] = time.perf_counter() - start
+    timing["rl_seconds_excluding_eval"] = curve.train_seconds if config.curve_every else timing["train_seconds"]
+
+    final = out / "final"
+    trainer.save_model(str(final / "policy"))
+    processor.save_pretrained(str(final / "policy"))
+    save_tool_state(tool, None, final / "tool")
+    test_scores = evaluate_policy(policy, processor, tool, test_set, policy_image_size,
+                                  max_new_tokens=config.max_completion_length)
+    metrics = {
+        "config": dataclasses.asdict(config),
+        "test": test_scores,
+        "curve": curve.points if config.curve_every else [],
+        "timing": timing,
+        "resumed_from": checkpoint,
+        "log_history": trainer.state.log_history,
+    }
+    _write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _curve_scores(model, processor, tool, test_set, policy_image_size, indices, config) -> dict:
+    scores = evaluate_policy(model, processor, tool, test_set, policy_image_size, indices=indices,
+                             with_cod=False, max_new_tokens=config.max_completion_length)
+    return {k: scores[k] for k in ("giou", "ciou", "box_acc", "format_valid")}
+
+
+def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_image_size, out: Path) -> dict:
+    """Build (or reuse) the BTO buffer, bootstrap the tool on it, save the bootstrapped tool."""
+    buffer_dir = out / "bto_buffer"
+    request = {"dataset": config.dataset, "n_prompts": min(config.bto_prompts, len(train_set)),
+               "generations": config.bto_generations, "seed": config.seed}
+    start = time.perf_counter()
+    records = load_bto_buffer(buffer_dir, expect_meta=request)
+    if records is None:
+        records = build_bto_buffer(policy, processor, tool, train_set, buffer_dir, n_prompts=config.bto_prompts,
+                                   generations=config.bto_generations, policy_image_size=policy_image_size,
+                                   temperature=config.temperature, max_new_tokens=config.max_completion_length,
+                                   seed=config.seed, meta={"dataset": config.dataset})
+    buffer_seconds = time.perf_counter() - start
+    tool_dir = out / "bto_tool"
+    if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
+        return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
+    result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
+                            batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed)
+    save_tool_state(tool, None, tool_dir)
+    summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
+               "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],
+               "bto_losses": result["losses"]}
+    _write_json(out / "bto.json", summary)
+    return {k: v for k, v in summary.items() if k != "bto_losses"}
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_to_builtin))
+    os.replace(tmp, path)
+
+
+def _to_builtin(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a JSON file of TrainConfig fields (command-line flags override it)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "reward_weights":
+            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"mask": 2.0}\'')
+        elif field.type in ("bool",):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), str)
+            parser.add_argument(flag, type=kind, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: what 2-core machines need)")
+    args = vars(parser.parse_args(argv))
+    torch.set_num_threads(args.pop("threads"))
+    base = dataclasses.asdict(TrainConfig.from_json(args.pop("config"))) if args.get("config") else {}
+    args.pop("config", None)
+    overrides = {k: (None if v == "None" else v) for k, v in args.items() if v is not None}
+    config = TrainConfig(**{**base, **overrides})
+    metrics = train(config)
+    print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=_to_builtin))
+
+
+if __name__ == "__main__":
+    main()
