@@ -16,6 +16,14 @@ PRESETS = ("tiny", "paper")
 TOOL_WEIGHTINGS = ("uniform", "advantage", "positive")
 TOOL_LOSSES = ("bce_dice", "soft_iou")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_path(path) -> Path:
+    """A path relative to the repository root (absolute paths unchanged), wherever the caller runs from:
+    notebooks run by papermill from the root or from ``notebooks/`` find the same folders."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 @dataclass
@@ -89,8 +97,8 @@ class TrainConfig:
     # --- bookkeeping ---------------------------------------------------------------------------------------
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
-    output_dir: str = "runs/default"
-    """Where checkpoints, logs and metrics.json go."""
+    output_dir: str = "outputs/run"
+    """Where checkpoints, logs and metrics.json go (relative paths are relative to the repository root)."""
     save_steps: int = 50
     """Checkpoint every this many steps (and at the end)."""
     curve_every: int = 25

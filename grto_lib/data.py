@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 from scipy import ndimage
 
 from grto_lib.sample import Sample
@@ -125,12 +125,12 @@ def shape_mask(kind: str, cx: float, cy: float, r: float, hw: tuple[int, int]) -
     elif kind == "ring":
         local = (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
     elif kind == "square":
-        local = (np.abs(dx) <= 0.72 * r) & (np.abs(dy) <= 0.72 * r)
+        local = (np.abs(dx) <= 0.7 * r) & (np.abs(dy) <= 0.7 * r)
     elif kind == "triangle":  # equilateral, pointing up, circumradius r
         local = (dy <= r / 2) & (math.sqrt(3) * np.abs(dx) - dy <= r)
     elif kind == "cross":
-        arm = 0.36 * r
-        local = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+        arm, reach = 0.36 * r, 0.93 * r  # reach^2 + arm^2 <= r^2: the arm ends stay inside the disc
+        local = ((np.abs(dx) <= arm) & (np.abs(dy) <= reach)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= reach))
     elif kind == "star":  # five points, inner radius 0.45 r; polar equation of the edge between two vertices
         alpha, inner = math.pi / 5, 0.45 * r
         t = np.mod(np.arctan2(dy, dx) + math.pi / 2, 2 * alpha)
@@ -718,6 +718,284 @@ def query_corpus() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Real release formats
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One sample of a real dataset, before its pixels are read."""
+
+    image: Path
+    query: str
+    id: str
+    target: Path
+    """The ground truth: a mask image, or for ReasonSeg the LISA json."""
+
+
+class FolderDataset(Sequence):
+    """Samples of a real release. The folder listing, the pairing of files and the queries are validated when the
+    dataset is built; pixels are read on access (``ds[i]``), and a bad file raises there, naming it.
+    :meth:`check` reads every sample once to surface such errors up front."""
+
+    def __init__(self, name: str, split: str, root: Path, entries: list[_Entry], allow_empty: bool):
+        self.name, self.split, self.root, self.entries, self.allow_empty = name, split, root, entries, allow_empty
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        e = self.entries[i]
+        image = _read_image(e.image)
+        if e.target.suffix.lower() == ".json":
+            mask, ignore = _lisa_mask(e.target, image.shape[:2])
+        else:
+            mask = _read_mask(e.target, threshold=128 if self.name == "cod" else 0)
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"mask {e.target} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {e.image} is "
+                                 f"{image.shape[1]}x{image.shape[0]}")
+            ignore = None
+        if not mask.any() and not self.allow_empty:
+            raise ValueError(f"empty ground-truth mask in {e.target} (image {e.image}); pass allow_empty=True to keep "
+                             f"such samples (LISA scores an empty prediction on an empty target as IoU 1)")
+        return Sample(image=image, query=e.query, mask=mask, ignore=ignore, id=e.id)
+
+    def check(self) -> None:
+        """Read every sample once; raises on the first bad file."""
+        for i in range(len(self)):
+            self[i]
+
+    def __repr__(self) -> str:
+        return f"FolderDataset(name={self.name!r}, split={self.split!r}, root={str(self.root)!r}, n={len(self)})"
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """H x W x 3 uint8 RGB (grayscale, palette and RGBA images converted; EXIF orientation applied, as
+    ``cv2.imread`` does)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _read_mask(path: Path, threshold: int) -> np.ndarray:
+    """Boolean mask from a mask image: grey level > ``threshold`` is target."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("L")) > threshold
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from err
+
+
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """``stem -> path`` of the files in ``folder`` with one of ``suffixes`` (case-insensitive); raises on a stem that
+    appears twice (e.g. ``a.jpg`` and ``a.png``)."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes:
+            if p.stem in out:
+                raise ValueError(f"two files with stem {p.stem!r} in {folder}: {out[p.stem].name} and {p.name}")
+            out[p.stem] = p
+    return out
+
+
+def _pair(images: dict[str, Path], others: dict[str, Path], image_dir: Path, other_dir: Path, what: str) -> None:
+    """Raise unless both folders hold exactly the same stems."""
+    missing = sorted(set(images) - set(others))
+    if missing:
+        raise ValueError(f"image {images[missing[0]]} has no {what}: expected {other_dir / missing[0]}.<ext> "
+                         f"({len(missing)} image(s) in {image_dir} lack one)")
+    orphans = sorted(set(others) - set(images))
+    if orphans:
+        raise ValueError(f"{what} file {others[orphans[0]]} has no image: expected {image_dir / orphans[0]}.<ext> "
+                         f"({len(orphans)} such file(s) in {other_dir})")
+
+
+def _first_dir(candidates: list[Path], what: str) -> Path:
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(f"no {what} folder: expected one of {[str(c) for c in candidates]}")
+
+
+def _read_json(path: Path):
+    """JSON with LISA's fallback to cp1252 for files that are not UTF-8."""
+    try:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            text = path.read_text(encoding="cp1252")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"malformed JSON {path}: {err}") from err
+
+
+def _queries(value, path: Path, field_name: str) -> list[str]:
+    """A non-empty list of non-empty strings (a lone string counts as a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(q, str) for q in value):
+        raise ValueError(f"{path}: field {field_name!r} must be a non-empty list of strings, got {value!r:.200}")
+    for k, q in enumerate(value):
+        if not q.strip():
+            raise ValueError(f"{path}: empty query at {field_name}[{k}]")
+    return [q.strip() for q in value]
+
+
+def _select(queries: list[str], mode: str) -> list[str]:
+    return queries if mode == "all" else queries[:1]
+
+
+# --- ReasonSeg (LISA)
+
+
+def _lisa_polygons(anno: dict, path: Path) -> list[tuple[str, list]]:
+    """``(label, points)`` of every annotated region, validated. Labelme rectangles (two corners) become polygons."""
+    shapes = anno.get("shapes")
+    if not isinstance(shapes, list):
+        raise ValueError(f"{path}: missing or non-list field 'shapes'")
+    out = []
+    for k, shape in enumerate(shapes):
+        if not isinstance(shape, dict) or not isinstance(shape.get("label"), str) or "points" not in shape:
+            raise ValueError(f"{path}: shapes[{k}] needs a string 'label' and 'points'")
+        points = shape["points"]
+        try:
+            pts = [(float(x), float(y)) for x, y in points]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: shapes[{k}].points must be a list of [x, y], got {points!r:.200}") from err
+        if not pts:
+            raise ValueError(f"{path}: shapes[{k}] has no points")
+        shape_type = shape.get("shape_type", "polygon") or "polygon"
+        if shape_type == "rectangle" and len(pts) == 2:
+            (x1, y1), (x2, y2) = pts
+            pts = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+        elif shape_type != "polygon":
+            raise ValueError(f"{path}: shapes[{k}] has shape_type {shape_type!r}; supported: 'polygon', 'rectangle'")
+        out.append((shape["label"], pts))
+    return out
+
+
+def _rasterise(points, hw, value: int, canvas: Image.Image | None = None) -> Image.Image:
+    """Fill a polygon (outline included, vertices truncated to integers as LISA's ``np.int32`` cast does)."""
+    canvas = canvas if canvas is not None else Image.new("L", (hw[1], hw[0]), 0)
+    xy = [(int(x), int(y)) for x, y in points]
+    draw = ImageDraw.Draw(canvas)
+    if len(xy) >= 3:
+        draw.polygon(xy, fill=value, outline=value)
+    else:
+        draw.line(xy + xy[:1], fill=value)
+    return canvas
+
+
+def _lisa_mask(path: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """LISA's ``get_mask_from_json``: regions labelled "flag" are dropped; the others are painted largest first (so a
+    smaller region drawn later wins where they overlap), value 255 ("ignore" in the label) or 1 (target, any other
+    label). Returns ``(mask == 1, mask == 255)``: ignore pixels are never target."""
+    regions = [(label, pts) for label, pts in _lisa_polygons(_read_json(path), path) if label.lower() != "flag"]
+    areas = [int(np.asarray(_rasterise(pts, hw, 1)).sum()) for _, pts in regions]
+    canvas = Image.new("L", (hw[1], hw[0]), 0)
+    for k in np.argsort(areas, kind="stable")[::-1]:
+        label, pts = regions[k]
+        _rasterise(pts, hw, 255 if "ignore" in label.lower() else 1, canvas)
+    value = np.asarray(canvas)
+    return value == 1, value == 255
+
+
+def load_reasonseg_folder(root, split: str, queries: str = "all", allow_empty: bool = False) -> FolderDataset:
+    """ReasonSeg as released by LISA: ``root/{split}/*.jpg`` (also ``root/ReasonSeg/{split}``), each image with a
+    same-stem ``.json`` holding ``text`` (list of queries), ``is_sentence`` and labelme ``shapes``.
+
+    One sample per (image, query): ``queries="all"`` (default) keeps every query in ``text``, ``queries="first"``
+    only ``text[0]`` (what LISA's own evaluation uses). Ground truth follows LISA's ``get_mask_from_json``
+    (see :func:`_lisa_mask`): ``Sample.ignore`` holds the "ignore" regions, excluded from the mask and from scoring.
+    Images are .jpg/.jpeg/.png; an image without its json or a json without its image raises; other files are ignored.
+    Sample ids: ``reasonseg/{split}/{stem}#{query index}``.
+    """
+    root = Path(root)
+    folder = _first_dir([root / split, root / "ReasonSeg" / split], f"ReasonSeg {split!r}")
+    images = _files_by_stem(folder, (".jpg", ".jpeg", ".png"))
+    jsons = _files_by_stem(folder, (".json",))
+    if not images:
+        raise FileNotFoundError(f"no images (.jpg/.jpeg/.png) in {folder}")
+    _pair(images, jsons, folder, folder, "annotation json")
+    entries = []
+    for stem, image in images.items():
+        anno = _read_json(jsons[stem])
+        if not isinstance(anno, dict) or "text" not in anno:
+            raise ValueError(f"{jsons[stem]}: missing field 'text' (the list of queries)")
+        _lisa_polygons(anno, jsons[stem])  # validate up front; rasterised on access
+        for k, q in enumerate(_select(_queries(anno["text"], jsons[stem], "text"), queries)):
+            entries.append(_Entry(image, q, f"reasonseg/{split}/{stem}#{k}", jsons[stem]))
+    return FolderDataset("reasonseg", split, folder, entries, allow_empty)
+
+
+# --- COD
+
+
+def load_cod_folder(root, split: str, allow_empty: bool = False) -> FolderDataset:
+    """A camouflaged-object test set in the common layout: ``root/Imgs/`` (or ``Image/``) and ``root/GT/`` (or
+    ``GT_Object/``), e.g. ``TestDataset/COD10K``, ``CAMO``, ``NC4K``, ``CHAMELEON`` or ``TrainDataset``.
+
+    The folder *is* the split: ``split`` is only recorded in the ids (``cod/{split}/{stem}``). Images are
+    .jpg/.jpeg/.png/.bmp, ground truths .png/.bmp/.tif binary maps matched by file stem, target = grey level > 128
+    (``py_sod_metrics``' binarisation). Every image needs its ground truth and vice versa. The query is
+    :data:`COD_QUERY`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"COD folder {root} does not exist")
+    image_dir = _first_dir([root / "Imgs", root / "Image"], "COD image (Imgs/ or Image/)")
+    gt_dir = _first_dir([root / "GT", root / "GT_Object"], "COD ground-truth (GT/ or GT_Object/)")
+    images = _files_by_stem(image_dir, IMAGE_SUFFIXES)
+    gts = _files_by_stem(gt_dir, (".png", ".bmp", ".tif", ".tiff"))
+    if not images:
+        raise FileNotFoundError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    _pair(images, gts, image_dir, gt_dir, "ground-truth mask")
+    entries = [_Entry(images[s], COD_QUERY, f"cod/{split}/{s}", gts[s]) for s in images]
+    return FolderDataset("cod", split, root, entries, allow_empty)
+
+
+# --- EarthReason (SegEarth-R1)
+
+
+def load_earthreason_folder(root, split: str, queries: str = "all", allow_empty: bool = False) -> FolderDataset:
+    """EarthReason as released with SegEarth-R1: ``root/RSReasonSeg/{split}/{images,labels,QAs}`` (``root`` may also
+    be the ``RSReasonSeg`` folder itself). Images .jpg/.jpeg/.png, labels .png (any non-zero pixel is target, as in
+    SegEarth-R1), QAs .json (or .txt holding json) with a ``questions`` list (an ``answer`` list, unused here).
+
+    Files are paired by stem (the reference loader pairs sorted lists, which silently misaligns on a missing file);
+    any unpaired file raises. One sample per question: ``queries="all"`` (default) or ``"first"``
+    (``questions[0]``, what SegEarth-R1's evaluation uses). Ids: ``earthreason/{split}/{stem}#{question index}``.
+    Real EarthReason has no-target samples (empty ``answer``, empty label): they raise unless ``allow_empty=True``.
+    """
+    root = Path(root)
+    base = _first_dir([root / "RSReasonSeg" / split, root / split, root / "rs_reason_seg" / "RSReasonSeg" / split],
+                      f"EarthReason {split!r}")
+    image_dir, label_dir, qa_dir = (_first_dir([base / sub], f"EarthReason {sub}") for sub in ("images", "labels", "QAs"))
+    images = _files_by_stem(image_dir, (".jpg", ".jpeg", ".png"))
+    labels = _files_by_stem(label_dir, (".png",))
+    qas = _files_by_stem(qa_dir, (".json", ".txt"))
+    if not images:
+        raise FileNotFoundError(f"no images (.jpg/.jpeg/.png) in {image_dir}")
+    _pair(images, labels, image_dir, label_dir, "label")
+    _pair(images, qas, image_dir, qa_dir, "QA")
+    entries = []
+    for stem, image in images.items():
+        qa = _read_json(qas[stem])
+        if not isinstance(qa, dict) or "questions" not in qa:
+            raise ValueError(f"{qas[stem]}: missing field 'questions'")
+        for k, q in enumerate(_select(_queries(qa["questions"], qas[stem], "questions"), queries)):
+            entries.append(_Entry(image, q, f"earthreason/{split}/{stem}#{k}", labels[stem]))
+    return FolderDataset("earthreason", split, base, entries, allow_empty)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -738,9 +1016,14 @@ def _synthetic(name: str, split: str, options: dict) -> SyntheticDataset:
 def load_dataset(name: str, split: str, root=None, **options) -> Sequence[Sample]:
     """The samples of dataset ``name`` (one of :data:`NAMES`) and ``split`` (one of :data:`SPLITS`).
 
-    ``root=None``: the synthetic world, options ``size`` (default :data:`DEFAULT_SIZES`), ``image_size``
-    (default 128, >= 64) and ``seed`` (default 0). ``root`` a folder: the real release format (not for
-    "shapes"); see :func:`load_reasonseg_folder`, :func:`load_cod_folder`, :func:`load_earthreason_folder`.
+    ``root=None``: the synthetic world (:class:`SyntheticDataset`), options ``size`` (default
+    :data:`DEFAULT_SIZES`: 2000 / 200 / 200), ``image_size`` (default 128, >= 64) and ``seed`` (default 0).
+
+    ``root`` a folder: the real release format (not for "shapes"), read by :func:`load_reasonseg_folder`,
+    :func:`load_cod_folder` or :func:`load_earthreason_folder` (:class:`FolderDataset`, images at their own
+    resolution), options ``allow_empty`` (default False: an empty ground truth raises) and, except for COD,
+    ``queries`` ("all", the default: one sample per query; or "first").
+    Unknown names, splits, options or option values raise ValueError listing what is allowed.
     """
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; allowed: {NAMES}")
@@ -750,4 +1033,13 @@ def load_dataset(name: str, split: str, root=None, **options) -> Sequence[Sample
         return _synthetic(name, split, options)
     if name == "shapes":
         raise ValueError("'shapes' is synthetic only: call load_dataset('shapes', split) without root")
-    raise NotImplementedError("real loaders: coming")
+    allowed = {"allow_empty": (True, False)}
+    if name != "cod":
+        allowed["queries"] = ("all", "first")
+    for key, value in options.items():
+        if key not in allowed:
+            raise ValueError(f"unknown option {key!r} for a {name} folder; allowed: {sorted(allowed)}")
+        if value not in allowed[key] or (key == "allow_empty" and not isinstance(value, bool)):
+            raise ValueError(f"option {key} must be one of {allowed[key]}, got {value!r}")
+    loader = {"reasonseg": load_reasonseg_folder, "cod": load_cod_folder, "earthreason": load_earthreason_folder}[name]
+    return loader(root, split, **options)

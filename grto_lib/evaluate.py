@@ -85,3 +85,45 @@ def evaluate_oracle(tool, dataset, *, indices=None, with_points: bool = False, w
     probabilities = _tool_probabilities(tool, samples, boxes, points, np.ones(len(samples), dtype=bool))
     with_cod = with_cod if with_cod is not None else samples[0].id.startswith("cod")
     return _scores(samples, probabilities, list(boxes), with_cod)
+
+
+def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, indices, group_size: int = 8,
+                   temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> list[list[dict]]:
+    """For each sample, ``group_size`` sampled rollouts as training sees them: completion, box, points, the
+    tool's mask and every reward term (``RolloutScorer``), plus the group-relative advantage."""
+    from .losses import group_advantages
+    from .rewards import RewardWeights
+
+    indices = list(indices)
+    torch.manual_seed(seed)
+    texts = generate_completions(policy, processor, [dataset[i] for i in indices], policy_image_size, n=group_size,
+                                 do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens)
+    flat_index = [i for i in indices for _ in range(group_size)]
+    flat_text = [t for group in texts for t in group]
+    scorer = RolloutScorer(dataset, tool, policy_image_size)
+    terms = scorer.score(flat_text, flat_index)
+    _, boxes, points, valid = scorer.parse(flat_text, flat_index)
+    weights = RewardWeights()
+    totals = torch.tensor([sum(getattr(weights, k) * terms[k][r] for k in terms) for r in range(len(flat_text))])
+    advantages = group_advantages(totals, group_size).tolist()
+    samples = {i: dataset[i] for i in indices}
+    masks = _tool_probabilities(tool, [samples[i] for i in flat_index], boxes, points, valid)
+    rollouts = [
+        {"completion": t, "valid": bool(v), "box": b if v else None, "points": p if v else None,
+         "mask": None if m is None else m > 0.5, "rewards": {k: terms[k][r] * getattr(weights, k) for k in terms},
+         "advantage": advantages[r]}
+        for r, (t, v, b, p, m) in enumerate(zip(flat_text, valid, boxes, points, masks))
+    ]
+    return [rollouts[k * group_size:(k + 1) * group_size] for k in range(len(indices))]
+
+
+TABLE_COLUMNS = ("giou", "ciou", "box_acc", "format_valid", "S", "E_mean", "E_adp", "wF", "MAE", "n")
+
+
+def markdown_table(rows: dict[str, dict], digits: int = 3) -> str:
+    """A markdown table, one row per entry of ``rows`` (name -> scores), the metrics any row has as columns."""
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
+    cell = lambda v: "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()]
+    return "\n".join(lines) + "\n"

@@ -47,3 +47,32 @@ def generate_completions(model, processor, samples, policy_image_size: int, *, n
             outputs[i].append(text)
     model.train(was_training)
     return outputs
+
+
+def completion_logprobs(model, processor, sample, completions: list[str], policy_image_size: int):
+    """Per-token log-probabilities of ``completions`` (re-tokenized) given ``sample``'s prompt.
+
+    Returns ``(logps [G, T], mask [G, T])``, right-padded, differentiable w.r.t. the policy: the quantities
+    TRL's GRPO loss is built from (``losses.grpo_token_loss``).
+    """
+    tokenizer = _tokenizer(processor)
+    device = next(model.parameters()).device
+    prompt = processor.apply_chat_template(build_messages(sample.query), add_generation_prompt=True, tokenize=False)
+    image = policy_view(sample.image, policy_image_size)
+    prompt_inputs = processor(text=[prompt] * len(completions), images=[image] * len(completions),
+                              return_tensors="pt", padding=True).to(device)
+    completion_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    length = max(len(ids) for ids in completion_ids)
+    ids = torch.full((len(completions), length), tokenizer.pad_token_id, device=device)
+    mask = torch.zeros((len(completions), length), device=device)
+    for i, c in enumerate(completion_ids):
+        ids[i, :len(c)] = torch.tensor(c, device=device)
+        mask[i, :len(c)] = 1
+    input_ids = torch.cat([prompt_inputs["input_ids"], ids], 1)
+    attention = torch.cat([prompt_inputs["attention_mask"], mask.long()], 1)
+    extra = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
+    if "mm_token_type_ids" in extra:
+        extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    logits = model(input_ids=input_ids, attention_mask=attention, **extra).logits[:, -length - 1:-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return logps, mask

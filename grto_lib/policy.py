@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,8 +357,30 @@ def build_tiny_policy(corpus, image_size: int = 128, seed: int = 0, **sizes):
     processor = build_tiny_processor(corpus, image_size=image_size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(processor.tokenizer, **sizes))
+    init_number_embeddings(model, processor.tokenizer)
     _set_generation_tokens(model, processor.tokenizer)
     return model, processor
+
+
+@torch.no_grad()
+def init_number_embeddings(model, tokenizer, max_period: float = 4.0 * (MAX_NUMBER + 1)) -> None:
+    """Give the tokens "0".."255" ordered input embeddings and output rows: Fourier features of their value.
+
+    Row ``n`` becomes ``s * [cos(w_k n), sin(w_k n)]_k`` with ``hidden / 2`` frequencies ``w_k = 2 pi / T_k``,
+    periods ``T_k`` geometric from 4 to ``max_period``, and ``s`` matching the random rows' norm. Then the logit of
+    ``n`` for a hidden state ``s * [cos(w_k v), sin(w_k v)]`` is ``s^2 sum_k cos(w_k (n - v))``, a bump centred on
+    ``v``: nearby numbers start out similar, so a wrong coordinate by one pixel is a small error from the first
+    step (a random init treats "41" and "42" as unrelated words). A stand-in initialisation trick; the rows
+    remain ordinary trainable weights.
+    """
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(n) for n in range(MAX_NUMBER + 1)]))
+    for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        hidden = matrix.shape[1]
+        periods = torch.logspace(math.log10(4.0), math.log10(max_period), hidden // 2, dtype=torch.float64)
+        angles = torch.arange(MAX_NUMBER + 1, dtype=torch.float64)[:, None] * (2 * math.pi / periods)[None, :]
+        features = torch.cat([angles.cos(), angles.sin()], dim=1)
+        scale = matrix.norm(dim=1).mean() / features.norm(dim=1).mean()
+        matrix[ids, : features.shape[1]] = (features * scale).to(matrix.dtype)
 
 
 def _set_generation_tokens(model, tokenizer) -> None:

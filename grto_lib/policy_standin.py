@@ -22,8 +22,10 @@ Command line (from the repository root; about 6 minutes on one H100, far longer 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +41,8 @@ from .rewards import parse_answer
 
 IMAGE_SIZE = 128
 """Side of the policy view the stand-in reads (and of the synthetic images it trains on)."""
+TIMING_STEPS = 50
+"""Steps timed before ``time_limit_s`` fixes the number of steps."""
 
 
 def target_completion(sample, policy_image_size: int = IMAGE_SIZE) -> str:
@@ -97,8 +101,8 @@ def evaluate_boxes(model, processor, dataset, policy_image_size: int = IMAGE_SIZ
 
 
 def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_size: int = 64, lr: float = 1e-3,
-                            warmup: int = 200, weight_decay: float = 0.01, train_size: int = 50_000,
-                            device: str = "cpu", log_every: int = 100, eval_size: int = 200,
+                            warmup: int = 200, weight_decay: float = 0.01, train_size: int = 100_000,
+                            device: str = "cpu", num_workers: int = 0, log_every: int = 100, eval_size: int = 200,
                             time_limit_s: float | None = None) -> dict:
     """Train the tiny policy stand-in from scratch on ``shapes`` and save it (``save_pretrained``) to ``out_dir``.
 
@@ -110,9 +114,13 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
             ``shapes`` training samples.
         lr, warmup, weight_decay: AdamW, linear warm-up over ``warmup`` steps, then cosine decay to 0.
         device: "cpu" or "cuda".
+        num_workers: processes that draw and tokenize batches (0: in the training process). The batches and
+            their order do not depend on it.
         log_every: print the running loss every this many steps.
         eval_size: ``shapes`` and ``reasonseg`` test samples for the final greedy evaluation (0: skip).
-        time_limit_s: stop early (still saving) when training has run this long.
+        time_limit_s: after the first ``TIMING_STEPS`` steps (still in the warm-up), shorten ``steps`` to what fits
+            in this many seconds at the measured rate; the cosine schedule then ends on time. The report's
+            ``steps`` rebuilds the same run without a time limit (batches are a prefix of the same draw).
 
     Returns: ``{"steps", "train_seconds", "final_loss", "params", "shapes_test": {...}, "reasonseg_test": {...}}``
     (the evaluations as ``evaluate_boxes`` gives them).
@@ -121,22 +129,34 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
     model, processor = build_tiny_policy(query_corpus(), image_size=IMAGE_SIZE, seed=seed)
     model.to(device).train()
     train = load_dataset("shapes", "train", size=train_size, image_size=IMAGE_SIZE)
-    rng = np.random.default_rng(seed)
+    order = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=steps * batch_size, generator=order)
+    batches = torch.utils.data.DataLoader(
+        train, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=functools.partial(supervised_batch, processor), persistent_workers=False,
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
 
+    total = steps  # may be shortened once, by time_limit_s, before the warm-up ends
+
     def schedule(step):
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start, running, step = time.perf_counter(), None, 0
-    for step in range(1, steps + 1):
-        samples = [train[int(i)] for i in rng.integers(len(train), size=batch_size)]
-        batch = supervised_batch(processor, samples).to(device)
+    for step, batch in enumerate(batches, start=1):
+        if step > total:
+            break
+        if time_limit_s is not None and step == TIMING_STEPS + 1:
+            per_step = (time.perf_counter() - start) / TIMING_STEPS
+            total = max(TIMING_STEPS + 1, min(steps, int(time_limit_s / per_step)))
+            print(f"{per_step * 1e3:.0f} ms/step: training {total} steps to fit {time_limit_s:.0f}s", flush=True)
+        batch = batch.to(device)
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,12 +164,10 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
         optimizer.step()
         scheduler.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % log_every == 0 or step == steps:
+        if step % log_every == 0 or step == total:
             print(f"step {step:5d}  loss {running:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
-        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
-            print(f"time limit reached at step {step}", flush=True)
-            break
+    step = min(step, total)
     train_seconds = time.perf_counter() - start
     model.eval()
     report = {"steps": step, "train_seconds": round(train_seconds, 1), "final_loss": running,
@@ -172,11 +190,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data-loading workers are forked
     report = pretrain_policy_standin(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                                     lr=args.lr, device=args.device, eval_size=args.eval_size,
+                                     lr=args.lr, device=args.device, num_workers=args.workers, eval_size=args.eval_size,
                                      time_limit_s=args.time_limit)
     print(json.dumps(report, indent=2))
 

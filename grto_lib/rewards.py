@@ -7,7 +7,7 @@ A completion should read (format defined in ``grto_lib.prompts``)::
 ``parse_answer`` turns it into an ``Answer`` or ``None``; it never raises. The reward terms are pure functions,
 each with a documented range, and ``total_reward`` adds them with ``RewardWeights``. Every geometric term
 expects coordinates in pixels of the *original* image: the caller maps the parsed answer out of the policy's
-square view first (``prompts.answer_to_image_pixels``), then builds an ``Answer`` in image pixels.
+square view first with ``answer.in_image_pixels(image_hw, policy_image_size)``.
 
 Parser decisions (each one is a design choice; tests pin them down):
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from grto_lib.geometry import box_iou
 from grto_lib.metrics import mask_iou
-from grto_lib.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from grto_lib.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, answer_to_image_pixels
 
 MAX_POINTS = 16
 """Most points an answer may carry (the prompt asks for two)."""
@@ -69,6 +69,11 @@ class Answer:
         for p in self.points:
             if len(p) != 2 or not all(math.isfinite(v) for v in p):
                 raise ValueError(f"Answer.points entries must be (x, y) finite pairs, got {p}")
+
+    def in_image_pixels(self, image_hw: tuple[int, int], policy_image_size: int) -> Answer:
+        """This answer (in the policy's square view) mapped onto an ``(H, W)`` image and clipped to it."""
+        box, pts = answer_to_image_pixels(self.bbox, self.points, image_hw, policy_image_size)
+        return Answer(tuple(float(v) for v in box), [(float(x), float(y)) for x, y in pts])
 
 
 def _number(value) -> float | None:

@@ -58,14 +58,48 @@ def jittered_prompts(mask: np.ndarray, rng: np.random.Generator, box_noise: floa
     return box, points, labels
 
 
+def clutter_background(image: np.ndarray, foreground: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` with every pixel outside ``foreground`` replaced by a random generic texture.
+
+    Textures: smooth colour noise (random colours on a coarse grid, bilinearly upsampled) or random-colour
+    blocks, both around a random base colour, plus pixel noise. Teaches the stand-in that a background need
+    not be plain; it does not imitate any evaluation world.
+    """
+    h, w = foreground.shape
+    base = rng.uniform(30, 225, 3)
+    cells = int(rng.choice([4, 8, 16]))
+    grid = base + rng.normal(0.0, rng.uniform(10, 45), (-(-h // cells) + 1, -(-w // cells) + 1, 3))
+    if rng.random() < 0.5:
+        grid_t = torch.from_numpy(grid.transpose(2, 0, 1)[None]).float()
+        size = ((grid.shape[0] - 1) * cells, (grid.shape[1] - 1) * cells)
+        texture = F.interpolate(grid_t, size=size, mode="bilinear", align_corners=True)[0].numpy().transpose(1, 2, 0)
+    else:
+        texture = np.repeat(np.repeat(grid, cells, 0), cells, 1)
+    texture = texture[:h, :w] + rng.normal(0.0, 4.0, (h, w, 3))
+    out = image.copy()
+    out[~foreground] = np.clip(np.rint(texture[~foreground]), 0, 255).astype(np.uint8)
+    return out
+
+
+def _training_targets(dataset, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Image ``i`` and the masks to prompt for: every object of a synthetic scene, else the sample's mask."""
+    if hasattr(dataset, "scene"):
+        scene = dataset.scene(i)
+        masks = [o.mask for o in scene.objects if o.mask.any()]
+        return scene.sample.image, masks
+    sample = dataset[i]
+    return sample.image, [sample.mask]
+
+
 def pretrain_tool_standin(
     out_dir: str | Path | None,
     seed: int = 0,
     steps: int = 600,
     batch_size: int = 16,
-    prompts_per_image: int = 2,
+    prompts_per_image: int = 3,
     lr: float = 2e-3,
     box_noise: float = 0.1,
+    clutter: float = 0.5,
     config: ToolConfig | None = None,
     dataset=None,
     log_every: int = 100,
@@ -92,17 +126,20 @@ def pretrain_tool_standin(
 
     losses, start = [], time.perf_counter()
     for step in range(steps):
-        samples = [dataset[int(i)] for i in rng.choice(len(dataset), batch_size, replace=False)]
-        boxes, points, labels, targets = [], [], [], []
-        for sample in samples:
-            for _ in range(prompts_per_image):
-                box, pts, lab = jittered_prompts(sample.mask, rng, box_noise)
-                boxes.append(box), points.append(pts), labels.append(lab), targets.append(sample.mask)
-        embeddings = tool.embed([s.image for s in samples])
-        index = torch.arange(batch_size).repeat_interleave(prompts_per_image)
+        images, index, boxes, points, labels, targets = [], [], [], [], [], []
+        for i in rng.choice(len(dataset), batch_size, replace=False):
+            image, masks = _training_targets(dataset, int(i))
+            if rng.random() < clutter:
+                image = clutter_background(image, np.any(masks, axis=0), rng)
+            for k in rng.permutation(len(masks))[:prompts_per_image]:
+                box, pts, lab = jittered_prompts(masks[k], rng, box_noise)
+                index.append(len(images)), boxes.append(box), points.append(pts), labels.append(lab)
+                targets.append(masks[k])
+            images.append(image)
+        embeddings = tool.embed(images)
         logits = tool.decode(
-            embeddings, index, torch.tensor(np.array(boxes), dtype=torch.float32),
-            torch.tensor(np.array(points), dtype=torch.float32), [s.mask.shape for s in samples],
+            embeddings, torch.tensor(index), torch.tensor(np.array(boxes), dtype=torch.float32),
+            torch.tensor(np.array(points), dtype=torch.float32), [im.shape[:2] for im in images],
             point_labels=torch.tensor(np.array(labels), dtype=torch.float32),
         )
         loss = bce_dice_loss(torch.stack(list(logits)) if isinstance(logits, list) else logits,

@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
-from .config import TrainConfig
+from .config import TrainConfig, repo_path
 from .data import load_dataset
 from .evaluate import evaluate_policy
 from .policy import PolicyConfig, load_policy
@@ -128,7 +128,7 @@ def grpo_args(config: TrainConfig, out: Path):
         reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in RolloutScorer.TERMS],
         bf16=on_gpu and config.preset == "paper",
         use_cpu=not on_gpu,
-        gradient_checkpointing=config.preset == "paper",
+        **({"gradient_checkpointing": True} if config.preset == "paper" else {}),
         remove_unused_columns=False,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
@@ -141,35 +141,45 @@ def grpo_args(config: TrainConfig, out: Path):
     )
 
 
+def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
+    """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests)."""
+    from datasets import Dataset
+
+    return GRTOTrainer(
+        model=policy, processing_class=processor, args=grpo_args(config, repo_path(config.output_dir)),
+        train_dataset=Dataset.from_list(to_trl_rows(train_set, policy_image_size)),
+        scorer=RolloutScorer(train_set, tool, policy_image_size), train_tool=config.trains_tool,
+        tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,
+        tool_weighting=config.tool_weighting,
+    )
+
+
+def load_splits(config: TrainConfig):
+    """(train, test) datasets of ``config``: synthetic unless ``data_root`` is set."""
+    synthetic = config.data_root is None
+    train_set = load_dataset(config.dataset, "train", config.data_root, **(
+        {"size": config.train_size, "image_size": config.image_size, "seed": config.seed} if synthetic else {}))
+    test_set = load_dataset(config.dataset, "test", config.data_root, **(
+        {"size": config.eval_size, "image_size": config.image_size} if synthetic else {}))
+    return train_set, test_set
+
+
 def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:
     """Run ``config`` end to end; returns (and writes to ``metrics.json``) the results."""
     config.validate()
-    out = Path(config.output_dir)
+    out = repo_path(config.output_dir)
     _check_run_folder(config, out)
     out.mkdir(parents=True, exist_ok=True)
     config.to_json(out / "config.json")
     seed_everything(config.seed)
-
-    train_set = load_dataset(config.dataset, "train", config.data_root,
-                             **({} if config.data_root else {"size": config.train_size, "image_size": config.image_size,
-                                                              "seed": config.seed}))
-    test_set = load_dataset(config.dataset, "test", config.data_root,
-                            **({} if config.data_root else {"size": config.eval_size, "image_size": config.image_size}))
+    train_set, test_set = load_splits(config)
     policy, processor, tool, policy_image_size = load_models(config)
 
     timing = {"bto_seconds": 0.0}
     if config.method == "b-grto":
         timing.update(run_bto(config, policy, processor, tool, train_set, policy_image_size, out))
 
-    scorer = RolloutScorer(train_set, tool, policy_image_size)
-    from datasets import Dataset
-    rows = to_trl_rows(train_set, policy_image_size)
-    trainer = GRTOTrainer(
-        model=policy, processing_class=processor, args=grpo_args(config, out),
-        train_dataset=Dataset.from_list(rows), scorer=scorer, train_tool=config.trains_tool,
-        tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,
-        tool_weighting=config.tool_weighting,
-    )
+    trainer = build_trainer(config, policy, processor, tool, train_set, policy_image_size)
     curve_indices = list(range(min(config.curve_size, len(test_set))))
     curve = _LearningCurve(
         lambda model: _curve_scores(model, processor, tool, test_set, policy_image_size, curve_indices, config),
@@ -201,6 +211,30 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     }
     _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def run_folder(dataset: str, method: str) -> str:
+    """The default output folder of a run, relative to the repository root: ``outputs/<dataset>_<method>``."""
+    return f"outputs/{dataset}_{method}"
+
+
+def load_run(output_dir):
+    """(config, policy, processor, tool, policy_image_size) of a finished run's ``final/`` folder."""
+    out = repo_path(output_dir)
+    if not (out / "final" / "policy").is_dir():
+        raise FileNotFoundError(f"{out / 'final'} does not exist: {out} is not a finished run (train it first)")
+    config = TrainConfig.from_json(out / "config.json")
+    final_policy = out / "final" / "policy"
+    if (final_policy / "adapter_config.json").is_file():  # a LoRA run saved only its adapter
+        from peft import PeftModel
+        policy_config = PolicyConfig(preset=config.preset, model_name_or_path=config.policy_path, lora=False)
+        policy, processor = load_policy(policy_config)
+        policy = PeftModel.from_pretrained(policy, str(final_policy))
+    else:
+        policy_config = PolicyConfig(preset=config.preset, model_name_or_path=str(final_policy), lora=False)
+        policy, processor = load_policy(policy_config)
+    tool = load_tool(load_tool_config(out / "final" / "tool"))
+    return config, policy, processor, tool, policy_config.policy_image_size
 
 
 def _curve_scores(model, processor, tool, test_set, policy_image_size, indices, config) -> dict:

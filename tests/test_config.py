@@ -1,0 +1,37 @@
+"""TrainConfig rejects bad values before any work, naming the field and the allowed values."""
+import json
+
+import pytest
+
+from grto_lib.config import TrainConfig
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("dataset", "coco", "reasonseg, cod, earthreason"),
+    ("method", "ppo", "grpo, grto, b-grto"),
+    ("preset", "huge", "tiny, paper"),
+    ("tool_weighting", "top1", "uniform, advantage, positive"),
+    ("steps", 0, "positive integer"),
+    ("steps", "10", "positive integer"),
+    ("num_generations", 1, "num_generations must be >= 2"),
+    ("tool_lr", -1.0, "non-negative"),
+    ("data_root", "/does/not/exist", "is not a folder"),
+    ("reward_weights", {"iou": 1.0}, "keys must be among"),
+])
+def test_bad_values_raise_with_the_field_name(field, value, message):
+    with pytest.raises(ValueError, match=message) as error:
+        TrainConfig(**{field: value})
+    assert field in str(error.value)
+
+
+def test_round_trip_and_unknown_keys(tmp_path):
+    config = TrainConfig(method="grto", steps=7, reward_weights={"mask": 3.0})
+    config.to_json(tmp_path / "c.json")
+    assert TrainConfig.from_json(tmp_path / "c.json") == config
+    (tmp_path / "bad.json").write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ValueError, match="unknown TrainConfig fields \\['stepz'\\]"):
+        TrainConfig.from_json(tmp_path / "bad.json")
+
+
+def test_trains_tool_only_for_grto_variants():
+    assert [TrainConfig(method=m).trains_tool for m in ("grpo", "grto", "b-grto")] == [False, True, True]

@@ -1,0 +1,348 @@
+"""Advantages, the GRPO surrogate (hand-computed and against TRL 1.16's own _compute_loss), tool loss and weights."""
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from grto_lib.losses import group_advantages, grpo_token_loss, tool_loss, tool_loss_weights
+
+torch.set_num_threads(1)
+
+
+# --- group_advantages -------------------------------------------------------------------------------------
+
+REWARDS = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])  # two groups of 4; the second is constant
+CENTRED = torch.tensor([-1.5, -0.5, 0.5, 1.5, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_group_scaled_advantages():
+    group_std = math.sqrt((1.5**2 + 0.5**2) * 2 / 3)  # unbiased: n - 1 = 3
+    expected = CENTRED / (group_std + 1e-4)
+    torch.testing.assert_close(group_advantages(REWARDS, 4), expected)
+    assert (group_advantages(REWARDS, 4)[4:] == 0).all()  # constant group: exactly zero
+
+
+def test_batch_scaled_advantages_keep_the_group_mean():
+    batch_std = math.sqrt(17.5 / 7)  # mean 3.75, squared deviations sum to 17.5, n - 1 = 7
+    torch.testing.assert_close(group_advantages(REWARDS, 4, scale="batch"), CENTRED / (batch_std + 1e-4))
+
+
+def test_unscaled_advantages_and_trl_bool_aliases():
+    torch.testing.assert_close(group_advantages(REWARDS, 4, scale="none"), CENTRED)
+    torch.testing.assert_close(group_advantages(REWARDS, 4, scale=False), CENTRED)
+    torch.testing.assert_close(group_advantages(REWARDS, 4, scale=True), group_advantages(REWARDS, 4))
+
+
+def test_nan_rewards_are_left_out_and_get_zero_advantage():
+    adv = group_advantages(torch.tensor([1.0, math.nan, 3.0, 5.0]), 4)  # mean 3, std 2 over the other three
+    torch.testing.assert_close(adv, torch.tensor([-2.0, 0.0, 0.0, 2.0]) / (2.0 + 1e-4))
+
+
+def test_group_of_one_has_zero_advantage_and_eps_is_used():
+    assert (group_advantages(torch.tensor([0.3, 0.7]), 1) == 0).all()
+    # deviations -1, +1; unbiased std sqrt(2)
+    expected = torch.tensor([-1.0, 1.0]) / (math.sqrt(2) + 1.0)
+    torch.testing.assert_close(group_advantages(torch.tensor([0.0, 2.0]), 2, eps=1.0), expected)
+
+
+def test_group_advantages_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="divide"):
+        group_advantages(torch.zeros(6), 4)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        group_advantages(torch.zeros(4), 2, scale="std")
+    with pytest.raises(ValueError, match="1-D"):
+        group_advantages(torch.zeros(2, 2), 2)
+
+
+# --- grpo_token_loss: hand-computed ---------------------------------------------------------------------
+# Two completions of 3 tokens; the second has 2 real tokens. Ratios pi/pi_old:
+#   row 0 (A = +1): 1, 1.5, 0.5   -> -min(rA, clip(r)A) = -1, -1.2 (clipped), -0.5
+#   row 1 (A = -1): 1.1, 1, (pad) -> +1.1, +1
+# Row sums -2.7 and 2.1; 5 real tokens.
+
+OLD = torch.log(torch.tensor([[0.5, 0.4, 0.6], [0.5, 0.3, 0.9]], dtype=torch.float64))
+RATIOS = torch.tensor([[1.0, 1.5, 0.5], [1.1, 1.0, 1.0]], dtype=torch.float64)
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+ADV = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+
+def logps():
+    return (OLD + torch.log(RATIOS)).clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize(
+    "loss_type, kwargs, expected",
+    [
+        ("grpo", {}, (-2.7 / 3 + 2.1 / 2) / 2),
+        ("grpo", {"gradient_accumulation_steps": 2}, (-2.7 / 3 + 2.1 / 2) / 4),
+        ("bnpo", {}, -0.6 / 5),
+        ("dr_grpo", {"max_completion_length": 4}, -0.6 / 8),
+        ("dapo", {}, -0.6 / 5),
+        # 20 tokens in the generation batch, 1 process, 2 accumulation steps, 4 steps per generation: -0.6 / 10
+        ("dapo", {"num_items_in_batch": 20, "gradient_accumulation_steps": 2, "steps_per_generation": 4}, -0.06),
+        # 2 processes: each divides by N / P = 10
+        ("dapo", {"num_items_in_batch": torch.tensor(20), "num_processes": 2}, -0.06),
+    ],
+)
+def test_loss_types_hand_computed(loss_type, kwargs, expected):
+    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type=loss_type, **kwargs)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_clipped_tokens_get_no_gradient():
+    lp = logps()
+    grpo_token_loss(lp, OLD, ADV, MASK, loss_type="bnpo").backward()
+    # d(-r A)/d logp = -r A; divided by 5 tokens. Token (0, 1) is clipped (r = 1.5 > 1.2 with A > 0); padding too.
+    expected = -(RATIOS * ADV[:, None]) / 5
+    expected[0, 1] = 0.0
+    expected[1, 2] = 0.0
+    torch.testing.assert_close(lp.grad, expected)
+
+
+def test_asymmetric_clip_and_delta():
+    # epsilon_high = 0.6 lets the 1.5 ratio through: row 0 becomes -1, -1.5, -0.5
+    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", epsilon_high=0.6)
+    assert loss.item() == pytest.approx((-3.0 + 2.1) / 5)
+    # delta = 1.05 caps the unclipped ratio r' = min(r, 1.05) only:
+    #   row 0 token 1 (A > 0): -min(1.05, clip(1.5) = 1.2) = -1.05
+    #   row 1 token 0 (A < 0): -min(-1.05, -clip(1.1) = -1.1) = 1.1 (the clipped side still wins)
+    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", delta=1.05)
+    assert loss.item() == pytest.approx((-1 - 1.05 - 0.5 + 1.1 + 1.0) / 5)
+
+
+def test_on_policy_old_logps_default_to_detached_current():
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss = grpo_token_loss(lp, None, torch.tensor([2.0]), torch.ones(1, 2), loss_type="bnpo")
+    assert loss.item() == pytest.approx(-2.0)  # ratio 1 everywhere
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / 2 tokens
+
+
+def test_kl_term_k3_with_and_without_bias_correction():
+    # ref - logp = log 2 on every token: k3 = 2 - log 2 - 1; zero advantages isolate the KL term.
+    lp = logps()
+    ref = lp.detach() + math.log(2.0)
+    k3 = 1.0 - math.log(2.0)
+    zero = torch.zeros(2, dtype=torch.float64)
+    plain = grpo_token_loss(lp, OLD, zero, MASK, loss_type="bnpo", beta=0.1, ref_per_token_logps=ref,
+                            use_bias_correction_kl=False)
+    assert plain.item() == pytest.approx(0.1 * k3)
+    corrected = grpo_token_loss(lp, OLD, zero, MASK, loss_type="bnpo", beta=0.1, ref_per_token_logps=ref)
+    mean_ratio = (1.0 + 1.5 + 0.5 + 1.1 + 1.0) / 5
+    assert corrected.item() == pytest.approx(0.1 * k3 * mean_ratio)
+
+
+def test_sequence_level_ratio():
+    # one ratio per completion: exp of the masked mean log-ratio; both lie inside [0.8, 1.2]
+    r0 = math.exp(math.log(1.5 * 0.5) / 3)  # 0.9086, on 3 tokens with A = +1
+    r1 = math.exp(math.log(1.1) / 2)  # 1.0488, on 2 tokens with A = -1
+    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", importance_sampling_level="sequence")
+    assert loss.item() == pytest.approx((-3 * r0 + 2 * r1) / 5)
+
+
+def test_grpo_token_loss_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="ppo")
+    with pytest.raises(ValueError, match="max_completion_length"):
+        grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="dr_grpo")
+    with pytest.raises(ValueError, match="ref_per_token_logps"):
+        grpo_token_loss(logps(), OLD, ADV, MASK, beta=0.1)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        grpo_token_loss(logps(), OLD, ADV, MASK[:, :2])
+
+
+# --- grpo_token_loss: against TRL's own code --------------------------------------------------------------
+
+
+def trl_loss(per_token_logps, inputs, **config):
+    """Run TRL 1.16's GRPOTrainer._compute_loss on a stand-in trainer whose model 'returns' ``per_token_logps``."""
+    grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer")
+    identity = lambda x, **_: x  # noqa: E731
+    fake = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (per_token_logps, torch.zeros_like(per_token_logps), None),
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level=config.get("importance_sampling_level", "token"),
+        beta=config.get("beta", 0.0),
+        loss_type=config["loss_type"],
+        epsilon_low=config.get("epsilon_low", 0.2),
+        epsilon_high=config.get("epsilon_high", 0.2),
+        use_vllm=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=config.get("gradient_accumulation_steps", 1),
+        max_completion_length=config.get("max_completion_length"),
+        accelerator=SimpleNamespace(num_processes=config.get("num_processes", 1), gather=identity,
+                                    gather_for_metrics=identity, reduce=identity),
+        args=SimpleNamespace(delta=config.get("delta"), use_bias_correction_kl=config.get("use_bias_correction_kl", True),
+                             steps_per_generation=config.get("steps_per_generation", 1)),
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+    )
+    return grpo_trainer.GRPOTrainer._compute_loss(fake, None, inputs)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"loss_type": "grpo"},
+        {"loss_type": "grpo", "gradient_accumulation_steps": 2, "steps_per_generation": 2, "beta": 0.04},
+        {"loss_type": "bnpo", "beta": 0.1, "use_bias_correction_kl": False, "epsilon_high": 0.28},
+        {"loss_type": "dr_grpo", "max_completion_length": 7, "delta": 1.3},
+        {"loss_type": "dapo"},
+        {"loss_type": "dapo", "num_processes": 2, "gradient_accumulation_steps": 2, "steps_per_generation": 4,
+         "beta": 0.02, "num_items": 57},
+        {"loss_type": "bnpo", "importance_sampling_level": "sequence"},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_matches_trl_compute_loss_value_and_gradient(config):
+    gen = torch.Generator().manual_seed(0)
+    b, t = 4, 6
+    old = -torch.rand(b, t, generator=gen) * 3
+    current = old + 0.4 * torch.randn(b, t, generator=gen)  # ratios both inside and outside the clip range
+    ref = old + 0.3 * torch.randn(b, t, generator=gen)
+    mask = (torch.arange(t)[None] < torch.tensor([[6], [3], [1], [0]])).int()  # includes an empty completion
+    advantages = torch.randn(b, generator=gen)
+    num_items = torch.tensor(config.pop("num_items", int(mask.sum())))
+    inputs = {
+        "prompt_ids": torch.zeros(b, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(b, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(b, t, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": num_items,
+    }
+    theirs_lp = current.clone().requires_grad_(True)
+    theirs = trl_loss(theirs_lp, inputs, **config)
+    theirs.backward()
+
+    ours_lp = current.clone().requires_grad_(True)
+    ours = grpo_token_loss(
+        ours_lp, old, advantages, mask,
+        epsilon_low=config.get("epsilon_low", 0.2), epsilon_high=config.get("epsilon_high", 0.2),
+        loss_type=config["loss_type"], beta=config.get("beta", 0.0), ref_per_token_logps=ref,
+        max_completion_length=config.get("max_completion_length"), num_items_in_batch=num_items,
+        num_processes=config.get("num_processes", 1),
+        gradient_accumulation_steps=config.get("gradient_accumulation_steps", 1),
+        steps_per_generation=config.get("steps_per_generation", 1),
+        importance_sampling_level=config.get("importance_sampling_level", "token"),
+        delta=config.get("delta"), use_bias_correction_kl=config.get("use_bias_correction_kl", True),
+    )
+    ours.backward()
+    assert ours.item() != 0.0
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, rtol=0, atol=0)
+
+
+# --- tool_loss ---------------------------------------------------------------------------------------------
+
+
+def test_bce_dice_two_pixels_by_hand():
+    logits = torch.tensor([[[0.0, 2.0]]])  # p = 0.5, sigmoid(2)
+    targets = torch.tensor([[[True, False]]])
+    p1 = 1 / (1 + math.exp(-2.0))
+    bce = (math.log(2) + (-math.log(1 - p1))) / 2
+    dice = 1 - (2 * 0.5 + 1) / ((0.5 + p1) + 1 + 1)
+    assert tool_loss(logits, targets).item() == pytest.approx(bce + dice)
+    # soft IoU without smoothing: I = 0.5, U = 0.5 + p1 + 1 - 0.5
+    iou = tool_loss(logits, targets, kind="soft_iou", smooth=0.0).item()
+    assert iou == pytest.approx(1 - 0.5 / (1 + p1))
+
+
+def test_bce_dice_gradient_by_hand_on_two_pixels():
+    logits = torch.tensor([[[0.3, -1.2]]], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[[True, False]]])
+    # d BCE / d logit_j = (p_j - t_j) / #pixels;  d Dice / d logit_j = -(2 t_j den - num) / den^2 * p_j (1 - p_j)
+    tool_loss(logits, targets).backward()
+    p = torch.sigmoid(logits.detach())
+    t = targets.double()
+    s = 1.0
+    num, den = 2 * (p * t).sum() + s, p.sum() + t.sum() + s
+    dice_grad = -(2 * t * den - num) / den**2 * p * (1 - p)
+    torch.testing.assert_close(logits.grad, (p - t) / 2 + dice_grad)
+
+
+@pytest.mark.parametrize("kind", ["bce_dice", "soft_iou"])
+def test_tool_loss_gradcheck(kind):
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.rand(2, 3, 4, generator=gen) > 0.5
+    ignore = torch.rand(2, 3, 4, generator=gen) > 0.7
+    assert torch.autograd.gradcheck(lambda x: tool_loss(x, targets, ignore, kind=kind), (logits,))
+
+
+def test_tool_loss_is_per_sample_and_ignores_pixels():
+    logits = torch.tensor([[[5.0, -5.0]], [[-5.0, -5.0]]])
+    targets = torch.tensor([[[True, False]], [[True, False]]])
+    loss = tool_loss(logits, targets, kind="soft_iou", smooth=0.0)
+    assert loss.shape == (2,)
+    assert loss[0].item() < 0.02 and loss[1].item() > 0.98
+    # ignoring the missed target pixel of sample 1 leaves one background pixel with p = sigmoid(-5):
+    # soft IoU (smooth 1) = 1 - 1 / (1 + p), BCE = -log(1 - p) = log(1 + e^-5), Dice = 1 - 1 / (p + 1)
+    ignore = torch.tensor([[[False, False]], [[True, False]]])
+    p = 1 / (1 + math.exp(5.0))
+    assert tool_loss(logits, targets, ignore, kind="soft_iou")[1].item() == pytest.approx(p / (1 + p), rel=1e-5)
+    bce = math.log1p(math.exp(-5.0))
+    assert tool_loss(logits, targets, ignore)[1].item() == pytest.approx(bce + p / (1 + p), rel=1e-5)
+    assert tool_loss(logits, targets, ignore)[0].item() == tool_loss(logits, targets)[0].item()
+
+
+def test_tool_loss_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tool_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool), kind="focal")
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        tool_loss(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))
+
+
+# --- tool_loss_weights -------------------------------------------------------------------------------------
+
+A = torch.tensor([1.5, -0.5, 0.5, 2.0, -1.0])
+VALID = torch.tensor([True, True, True, False, True])
+
+
+def test_uniform_weights():
+    torch.testing.assert_close(tool_loss_weights(A, VALID), torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25]))
+
+
+def test_positive_weights():
+    torch.testing.assert_close(tool_loss_weights(A, VALID, "positive"), torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0]))
+
+
+def test_advantage_weights():
+    torch.testing.assert_close(tool_loss_weights(A, VALID, "advantage"), torch.tensor([0.75, 0.0, 0.25, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "advantage", "positive"])
+def test_nothing_selected_gives_zeros(scheme):
+    assert (tool_loss_weights(A, torch.zeros(5, dtype=torch.bool), scheme) == 0).all()
+    assert (tool_loss_weights(torch.zeros(5), torch.zeros(5, dtype=torch.bool), scheme) == 0).all()
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "advantage", "positive"])
+def test_weights_sum_to_one_and_skip_invalid(scheme):
+    gen = torch.Generator().manual_seed(2)
+    adv = torch.randn(64, generator=gen)
+    valid = torch.rand(64, generator=gen) > 0.3
+    w = tool_loss_weights(adv, valid, scheme)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert (w[~valid] == 0).all() and (w >= 0).all()
+
+
+def test_constant_group_selects_nothing_for_positive_schemes():
+    zeros = group_advantages(torch.ones(4), 4)
+    assert (tool_loss_weights(zeros, torch.ones(4, dtype=torch.bool), "positive") == 0).all()
+    assert (tool_loss_weights(zeros, torch.ones(4, dtype=torch.bool), "advantage") == 0).all()
+
+
+def test_tool_loss_weights_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        tool_loss_weights(A, VALID, "topk")
+    with pytest.raises(ValueError, match="bool"):
+        tool_loss_weights(A, VALID.int())
+    with pytest.raises(ValueError, match="finite"):
+        tool_loss_weights(torch.tensor([math.nan, 1.0]), torch.tensor([True, True]), "advantage")
