@@ -34,7 +34,11 @@ class TrainConfig:
     dataset: str = "reasonseg"
     """Setting: reasonseg | cod | earthreason."""
     data_root: str | None = None
-    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data)."""
+    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data); relative
+    paths are relative to the repository root."""
+    test_data_root: str | None = None
+    """Real data only: a separate folder for the test split (COD releases ship train and test as separate
+    folders, e.g. ``TrainDataset`` and ``TestDataset/COD10K``). None: ``data_root``."""
     train_size: int = 2000
     """Synthetic training samples (ignored for real data)."""
     eval_size: int = 200
@@ -140,8 +144,12 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(RewardWeights)}
         if not isinstance(self.reward_weights, dict) or set(self.reward_weights) - known:
             raise ValueError(f"TrainConfig.reward_weights={self.reward_weights!r}: keys must be among {sorted(known)}")
-        if self.data_root is not None and not Path(self.data_root).is_dir():
-            raise ValueError(f"TrainConfig.data_root={self.data_root!r} is not a folder (None = synthetic data)")
+        for name in ("data_root", "test_data_root"):
+            value = getattr(self, name)
+            if value is not None and not repo_path(value).is_dir():
+                raise ValueError(f"TrainConfig.{name}={value!r} is not a folder (None = synthetic data)")
+        if self.test_data_root is not None and self.data_root is None:
+            raise ValueError("TrainConfig.test_data_root needs data_root (synthetic data has its own test split)")
 
     @property
     def trains_tool(self) -> bool:

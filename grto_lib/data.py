@@ -162,6 +162,19 @@ def _blob_mask(cx, cy, r, rng, hw) -> np.ndarray:
     return mask
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(yy, xx)``: coordinates of the pixel centres of a ``size`` square (read-only, cached)."""
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """Dilate a mask by ``px`` pixels (square structuring element)."""
+    return ndimage.maximum_filter(mask, size=2 * px + 1) if px > 0 else mask
+
+
 def _paint(image: np.ndarray, mask: np.ndarray, rgb) -> None:
     image[mask] = rgb
 
@@ -398,7 +411,7 @@ def _gen_cod(rng, size: int):
     target = _blob_mask(cx, cy, r, rng, (size, size))
     colour = palette[rng.integers(len(palette))]
     angle, period = rng.uniform(0, math.pi), rng.uniform(4, 8) * s
-    yy, xx = np.mgrid[:size, :size]
+    yy, xx = _pixel_centres(size)
     stripes = (np.floor((xx * math.cos(angle) + yy * math.sin(angle)) / (period / 2)) % 2).astype(bool)
     stripe_rgb = np.where(stripes[..., None], colour, colour * 0.75)
     image[target] = 0.5 * image[target] + 0.5 * stripe_rgb[target]
@@ -443,24 +456,11 @@ _GAP = 4.0  # px at 128: the answer to "nearest"/"farthest" beats the runner-up 
 
 @dataclass
 class _Aerial:
-    fields: list = field(default_factory=list)  # (mask, colour word, rect)
+    fields: list = field(default_factory=list)  # (mask, colour word)
     river: np.ndarray | None = None
     lake: np.ndarray | None = None
     roads: list = field(default_factory=list)
     buildings: list = field(default_factory=list)
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(yy, xx)``: coordinates of the pixel centres of a ``size`` square (read-only, cached)."""
-    yy, xx = np.mgrid[:size, :size] + 0.5
-    yy.flags.writeable = xx.flags.writeable = False
-    return yy, xx
-
-
-def _grow(mask: np.ndarray, px: int) -> np.ndarray:
-    """Dilate a mask by ``px`` pixels (square structuring element)."""
-    return ndimage.maximum_filter(mask, size=2 * px + 1) if px > 0 else mask
 
 
 def _line_mask(size, x0, y0, x1, y1, width):
@@ -485,7 +485,7 @@ def _aerial_layout(rng, size: int) -> _Aerial:
                 m = np.zeros((size, size), dtype=bool)
                 m[rect[1]:rect[3], rect[0]:rect[2]] = True
                 occupied |= m
-                scene.fields.append([m, str(rng.choice(["green", "brown"])), rect])
+                scene.fields.append((m, str(rng.choice(["green", "brown"]))))
                 break
     yy, xx = _pixel_centres(size)
     if rng.random() < 0.75:
@@ -538,7 +538,7 @@ def _aerial_layout(rng, size: int) -> _Aerial:
 
 def _aerial_objects(scene: _Aerial) -> list[SceneObject]:
     """Objects in drawing order (fields, lake, river, roads, buildings) with their visible masks."""
-    raw = [("field", colour, EARTH_RGB[colour], m) for m, colour, _ in scene.fields]
+    raw = [("field", colour, EARTH_RGB[colour], m) for m, colour in scene.fields]
     if scene.lake is not None:
         raw.append(("lake", "blue", EARTH_RGB["lake"], scene.lake))
     if scene.river is not None:
@@ -579,6 +579,7 @@ def _unique_extreme(values: np.ndarray, largest: bool, gap: float = 0.0, ratio: 
 
 
 def _earth_query(kind: str, objs: list[SceneObject], rng, size: int):
+    """A query of ``kind`` with exactly one answer among ``objs``: ``(query, target index)``, or None."""
     s = size / 128
     idx = {k: [i for i, o in enumerate(objs) if o.kind == k] for k in ("field", "lake", "river", "road", "building")}
     landmarks = [k for k in ("river", "lake") if idx[k]] + (["road"] if len(idx["road"]) == 1 else [])
@@ -602,20 +603,25 @@ def _earth_query(kind: str, objs: list[SceneObject], rng, size: int):
         return f"the {what} {rel} the {lm}", targets[t]
     if kind == "building_size":
         word = str(rng.choice(["largest", "smallest"]))
+        if len(buildings) < 2:
+            return None
         t = _unique_extreme(np.array([objs[b].area for b in buildings], float), word == "largest", ratio=_AREA_RATIO)
-        return None if t is None or len(buildings) < 2 else (f"the {word} building", buildings[t])
+        return None if t is None else (f"the {word} building", buildings[t])
     if kind == "field_size":
+        if len(fields) < 2:
+            return None
         t = _unique_extreme(np.array([objs[f].area for f in fields], float), True, ratio=1.3)
-        return None if t is None or len(fields) < 2 else ("the largest field", fields[t])
+        return None if t is None else ("the largest field", fields[t])
     if kind == "field_colour":
         colour = str(rng.choice(["green", "brown"]))
         hits = [f for f in fields if objs[f].colour == colour]
         return (f"the {colour} field", hits[0]) if len(hits) == 1 and len(fields) >= 2 else None
     if kind in ("field_road", "field_river"):
-        crossing = [objs[r].mask for r in idx["road"]] if kind == "field_road" else [objs[r].mask for r in idx["river"]]
+        crossing = [objs[r].mask for r in idx["road" if kind == "field_road" else "river"]]
         if not crossing:
             return None
         union = np.logical_or.reduce(crossing)
+        # crossed: the road/river passes through the field's rectangle (it occludes part of the field)
         hits = [f for f in fields if union[_bbox_slices(objs[f].mask)].any()]
         if len(hits) != 1:
             return None

@@ -22,6 +22,7 @@ Command line (from the repository root; about 6 minutes on one H100, far longer 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -35,7 +36,7 @@ import torch
 from .data import load_dataset, query_corpus
 from .generation import generate_completions
 from .geometry import box_iou, mask_to_box, mask_to_points
-from .policy import build_tiny_policy
+from .policy import MAX_NUMBER, build_tiny_policy
 from .prompts import answer_to_image_pixels, build_messages, format_answer, policy_view
 from .rewards import parse_answer
 
@@ -43,6 +44,32 @@ IMAGE_SIZE = 128
 """Side of the policy view the stand-in reads (and of the synthetic images it trains on)."""
 TIMING_STEPS = 50
 """Steps timed before ``time_limit_s`` fixes the number of steps."""
+UNK = "<|unk|>"
+
+
+class UnknownWordQueries(torch.utils.data.Dataset):
+    """``dataset`` with ``<|unk|>`` inserted into some queries, so the stand-in learns to keep the answer format
+    (and ground the words it knows) when a query holds words it never saw, as every reasoning query does.
+
+    Sample ``i``'s query gets, with probability ``rate``, 1-3 ``<|unk|>`` words at random positions; the draw is a
+    pure function of ``(seed, i)``. The target stays the same object (the known words still name it).
+    """
+
+    def __init__(self, dataset, rate: float, seed: int = 0):
+        self.dataset, self.rate, self.seed = dataset, rate, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        sample = self.dataset[i]
+        rng = np.random.default_rng([self.seed, int(i)])
+        if rng.random() >= self.rate:
+            return sample
+        words = sample.query.split()
+        for _ in range(int(rng.integers(1, 4))):
+            words.insert(int(rng.integers(0, len(words) + 1)), UNK)
+        return dataclasses.replace(sample, query=" ".join(words))
 
 
 def target_completion(sample, policy_image_size: int = IMAGE_SIZE) -> str:
@@ -102,8 +129,8 @@ def evaluate_boxes(model, processor, dataset, policy_image_size: int = IMAGE_SIZ
 
 def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_size: int = 64, lr: float = 1e-3,
                             warmup: int = 200, weight_decay: float = 0.01, train_size: int = 100_000,
-                            device: str = "cpu", num_workers: int = 0, log_every: int = 100, eval_size: int = 200,
-                            time_limit_s: float | None = None) -> dict:
+                            unknown_word_rate: float = 0.5, device: str = "cpu", num_workers: int = 0,
+                            log_every: int = 100, eval_size: int = 200, time_limit_s: float | None = None) -> dict:
     """Train the tiny policy stand-in from scratch on ``shapes`` and save it (``save_pretrained``) to ``out_dir``.
 
     Args:
@@ -113,6 +140,10 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
         steps: optimizer steps; each sees ``batch_size`` samples drawn with replacement from ``train_size``
             ``shapes`` training samples.
         lr, warmup, weight_decay: AdamW, linear warm-up over ``warmup`` steps, then cosine decay to 0.
+        unknown_word_rate: share of training queries given ``<|unk|>`` words (``UnknownWordQueries``). After
+            training, every token that never occurred in a training input (the words only reasoning queries
+            use) gets ``<|unk|>``'s input embedding: the stand-in reads them as the unknown words it learned to
+            tolerate, and reinforcement learning starts them from one shared point.
         device: "cpu" or "cuda".
         num_workers: processes that draw and tokenize batches (0: in the training process). The batches and
             their order do not depend on it.
@@ -128,12 +159,13 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
     torch.manual_seed(seed)
     model, processor = build_tiny_policy(query_corpus(), image_size=IMAGE_SIZE, seed=seed)
     model.to(device).train()
-    train = load_dataset("shapes", "train", size=train_size, image_size=IMAGE_SIZE)
+    train = UnknownWordQueries(load_dataset("shapes", "train", size=train_size, image_size=IMAGE_SIZE),
+                               unknown_word_rate, seed)
     order = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=steps * batch_size, generator=order)
     batches = torch.utils.data.DataLoader(
         train, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=functools.partial(supervised_batch, processor), persistent_workers=False,
+        collate_fn=functools.partial(supervised_batch, processor), pin_memory=device != "cpu",
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -148,15 +180,19 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start, running, step = time.perf_counter(), None, 0
+    seen = torch.zeros(len(processor.tokenizer), dtype=torch.bool, device=device)
+    start, running, step, waiting = time.perf_counter(), None, 0, 0.0
+    ready = time.perf_counter()
     for step, batch in enumerate(batches, start=1):
+        waiting += time.perf_counter() - ready
         if step > total:
             break
         if time_limit_s is not None and step == TIMING_STEPS + 1:
             per_step = (time.perf_counter() - start) / TIMING_STEPS
             total = max(TIMING_STEPS + 1, min(steps, int(time_limit_s / per_step)))
             print(f"{per_step * 1e3:.0f} ms/step: training {total} steps to fit {time_limit_s:.0f}s", flush=True)
-        batch = batch.to(device)
+        batch = batch.to(device, non_blocking=True)
+        seen[batch["input_ids"].flatten()] = True
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,12 +202,18 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % log_every == 0 or step == total:
             print(f"step {step:5d}  loss {running:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                  f"{time.perf_counter() - start:.0f}s", flush=True)
+                  f"{time.perf_counter() - start:.0f}s (waiting for data {waiting:.0f}s)", flush=True)
+        ready = time.perf_counter()
     step = min(step, total)
     train_seconds = time.perf_counter() - start
     model.eval()
-    report = {"steps": step, "train_seconds": round(train_seconds, 1), "final_loss": running,
-              "params": sum(p.numel() for p in model.parameters())}
+    seen[processor.tokenizer.convert_tokens_to_ids([str(n) for n in range(MAX_NUMBER + 1)])] = True  # keep their order
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[~seen] = embeddings[processor.tokenizer.unk_token_id].clone()
+    report = {"steps": step, "train_seconds": round(train_seconds, 1), "data_wait_seconds": round(waiting, 1),
+              "final_loss": running, "params": sum(p.numel() for p in model.parameters()),
+              "tokens_never_seen": int((~seen).sum())}
     if eval_size:
         for name in ("shapes", "reasonseg"):
             test = load_dataset(name, "test", size=eval_size, image_size=IMAGE_SIZE)
@@ -189,6 +231,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--unknown-word-rate", type=float, default=0.5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--eval-size", type=int, default=200)
@@ -196,7 +239,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data-loading workers are forked
     report = pretrain_policy_standin(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                                     lr=args.lr, device=args.device, num_workers=args.workers, eval_size=args.eval_size,
+                                     lr=args.lr, unknown_word_rate=args.unknown_word_rate, device=args.device, num_workers=args.workers, eval_size=args.eval_size,
                                      time_limit_s=args.time_limit)
     print(json.dumps(report, indent=2))
 

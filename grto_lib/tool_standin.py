@@ -58,14 +58,10 @@ def jittered_prompts(mask: np.ndarray, rng: np.random.Generator, box_noise: floa
     return box, points, labels
 
 
-def clutter_background(image: np.ndarray, foreground: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``image`` with every pixel outside ``foreground`` replaced by a random generic texture.
-
-    Textures: smooth colour noise (random colours on a coarse grid, bilinearly upsampled) or random-colour
-    blocks, both around a random base colour, plus pixel noise. Teaches the stand-in that a background need
-    not be plain; it does not imitate any evaluation world.
-    """
-    h, w = foreground.shape
+def random_texture(hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A generic H x W x 3 float texture: smooth colour noise (random colours on a coarse grid, bilinearly
+    upsampled) or random-colour blocks, around a random base colour, plus pixel noise."""
+    h, w = hw
     base = rng.uniform(30, 225, 3)
     cells = int(rng.choice([4, 8, 16]))
     grid = base + rng.normal(0.0, rng.uniform(10, 45), (-(-h // cells) + 1, -(-w // cells) + 1, 3))
@@ -75,10 +71,30 @@ def clutter_background(image: np.ndarray, foreground: np.ndarray, rng: np.random
         texture = F.interpolate(grid_t, size=size, mode="bilinear", align_corners=True)[0].numpy().transpose(1, 2, 0)
     else:
         texture = np.repeat(np.repeat(grid, cells, 0), cells, 1)
-    texture = texture[:h, :w] + rng.normal(0.0, 4.0, (h, w, 3))
-    out = image.copy()
-    out[~foreground] = np.clip(np.rint(texture[~foreground]), 0, 255).astype(np.uint8)
-    return out
+    return texture[:h, :w] + rng.normal(0.0, 4.0, (h, w, 3))
+
+
+def augment_scene(image: np.ndarray, masks: list[np.ndarray], rng: np.random.Generator, clutter: float,
+                  fade: float) -> np.ndarray:
+    """Generic appearance changes that keep the masks valid.
+
+    With probability ``clutter`` the background (pixels outside every mask) becomes a ``random_texture``.
+    Each object, with probability ``fade``, is blended with what lies behind it, ``a x object + (1 - a) x
+    background`` with ``a ~ U(0.35, 0.8)``: low-contrast objects teach the tool to lean on the box when
+    colour alone is ambiguous. Neither imitates any evaluation world.
+    """
+    foreground = np.any(masks, axis=0)
+    if rng.random() < clutter:
+        background = random_texture(foreground.shape, rng)
+    else:  # the plain background, continued under the objects
+        background = image.astype(np.float32)
+        background[foreground] = np.median(background[~foreground], axis=0) if (~foreground).any() else 127.0
+    out = np.where(foreground[..., None], image.astype(np.float32), background)
+    for mask in masks:
+        if rng.random() < fade:
+            a = rng.uniform(0.35, 0.8)
+            out[mask] = a * out[mask] + (1 - a) * background[mask]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _training_targets(dataset, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -91,8 +107,7 @@ def _training_targets(dataset, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
     return sample.image, [sample.mask]
 
 
-def pretrain_tool_standin(
-    out_dir: str | Path | None,
+def train_tool_standin(
     seed: int = 0,
     steps: int = 600,
     batch_size: int = 16,
@@ -100,21 +115,22 @@ def pretrain_tool_standin(
     lr: float = 2e-3,
     box_noise: float = 0.1,
     clutter: float = 0.5,
+    fade: float = 0.0,
     config: ToolConfig | None = None,
     dataset=None,
     log_every: int = 100,
 ) -> tuple[SegmentationTool, dict]:
-    """Pretrain the tiny tool on ``dataset`` (default ``load_dataset("shapes", "train")``); save it to ``out_dir``.
+    """Pretrain the tiny tool on ``dataset`` (default ``load_dataset("shapes", "train")``), see the module doc.
 
     Returns the tool (``trainable="decoder"``, ready for GRTO) and a log: ``losses`` (every step),
-    ``parameters``, ``seconds``, ``seconds_per_step``. ``out_dir=None`` skips saving (tests).
+    ``parameters``, ``seconds``, ``seconds_per_step``.
     """
     if dataset is None:
         from grto_lib.data import load_dataset
 
         dataset = load_dataset("shapes", "train")
     if len(dataset) == 0:
-        raise ValueError("pretrain_tool_standin: the dataset is empty")
+        raise ValueError("train_tool_standin: the dataset is empty")
     config = config or ToolConfig()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -129,8 +145,7 @@ def pretrain_tool_standin(
         images, index, boxes, points, labels, targets = [], [], [], [], [], []
         for i in rng.choice(len(dataset), batch_size, replace=False):
             image, masks = _training_targets(dataset, int(i))
-            if rng.random() < clutter:
-                image = clutter_background(image, np.any(masks, axis=0), rng)
+            image = augment_scene(image, masks, rng, clutter, fade)
             for k in rng.permutation(len(masks))[:prompts_per_image]:
                 box, pts, lab = jittered_prompts(masks[k], rng, box_noise)
                 index.append(len(images)), boxes.append(box), points.append(pts), labels.append(lab)
@@ -154,11 +169,23 @@ def pretrain_tool_standin(
 
     seconds = time.perf_counter() - start
     tool.set_trainable("decoder")
-    if out_dir is not None:
-        save_tool(tool, out_dir)
     log = dict(losses=losses, parameters=sum(p.numel() for p in tool.parameters()), seconds=seconds,
                seconds_per_step=seconds / max(steps, 1))
     return tool, log
+
+
+def pretrain_tool_standin(out_dir: str | Path, seed: int = 0, **kwargs) -> dict:
+    """Train the stand-in (``train_tool_standin(seed, **kwargs)``) and save it to ``out_dir`` with ``save_tool``.
+
+    Returns a JSON-friendly report: ``parameters``, ``steps``, ``seconds``, ``seconds_per_step``, and the
+    mean training loss over the first and the last 20 steps.
+    """
+    tool, log = train_tool_standin(seed, **kwargs)
+    save_tool(tool, out_dir)
+    losses = log["losses"]
+    return dict(parameters=log["parameters"], steps=len(losses), seconds=round(log["seconds"], 1),
+                seconds_per_step=round(log["seconds_per_step"], 4), loss_first=round(float(np.mean(losses[:20])), 4),
+                loss_last=round(float(np.mean(losses[-20:])), 4))
 
 
 if __name__ == "__main__":
@@ -170,6 +197,4 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    _, result = pretrain_tool_standin(args.out_dir, seed=args.seed, steps=args.steps)
-    print(f"saved {args.out_dir}: {result['parameters']} parameters, {result['seconds']:.0f}s "
-          f"({result['seconds_per_step']:.3f} s/step), final loss {result['losses'][-1]:.4f}")
+    print(pretrain_tool_standin(args.out_dir, seed=args.seed, steps=args.steps))

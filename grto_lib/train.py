@@ -156,12 +156,12 @@ def build_trainer(config: TrainConfig, policy, processor, tool, train_set, polic
 
 def load_splits(config: TrainConfig):
     """(train, test) datasets of ``config``: synthetic unless ``data_root`` is set."""
-    synthetic = config.data_root is None
-    train_set = load_dataset(config.dataset, "train", config.data_root, **(
-        {"size": config.train_size, "image_size": config.image_size, "seed": config.seed} if synthetic else {}))
-    test_set = load_dataset(config.dataset, "test", config.data_root, **(
-        {"size": config.eval_size, "image_size": config.image_size} if synthetic else {}))
-    return train_set, test_set
+    if config.data_root is None:
+        sizes = {"image_size": config.image_size}
+        return (load_dataset(config.dataset, "train", size=config.train_size, seed=config.seed, **sizes),
+                load_dataset(config.dataset, "test", size=config.eval_size, **sizes))
+    return (load_dataset(config.dataset, "train", repo_path(config.data_root)),
+            load_dataset(config.dataset, "test", repo_path(config.test_data_root or config.data_root)))
 
 
 def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:

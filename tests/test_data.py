@@ -180,7 +180,7 @@ def test_query_corpus_covers_generated_queries():
     assert corpus == sorted(set(corpus)) and COD_QUERY in corpus
     vocabulary = {w for q in corpus for w in q.split()}
     assert set(COLOURS) | set(SHAPES) | {"river", "lake", "road", "building", "field"} <= vocabulary
-    queries = {s.query for name in SYNTHETIC for s in load_dataset(name, "train", size=300)}
+    queries = {s.query for name in SYNTHETIC for s in load_dataset(name, "train", size=150)}
     assert queries <= set(corpus), sorted(queries - set(corpus))[:5]
     assert {w for q in queries for w in q.split()} <= vocabulary
 

@@ -175,8 +175,11 @@ def trl_loss(per_token_logps, inputs, **config):
         max_completion_length=config.get("max_completion_length"),
         accelerator=SimpleNamespace(num_processes=config.get("num_processes", 1), gather=identity,
                                     gather_for_metrics=identity, reduce=identity),
-        args=SimpleNamespace(delta=config.get("delta"), use_bias_correction_kl=config.get("use_bias_correction_kl", True),
-                             steps_per_generation=config.get("steps_per_generation", 1)),
+        args=SimpleNamespace(
+            delta=config.get("delta"),
+            use_bias_correction_kl=config.get("use_bias_correction_kl", True),
+            steps_per_generation=config.get("steps_per_generation", 1),
+        ),
         _entropy_bonus_enabled=False,
         aux_loss_enabled=False,
         _metrics=defaultdict(lambda: defaultdict(list)),
