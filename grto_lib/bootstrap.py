@@ -35,7 +35,7 @@ META_FILE, ROLLOUTS_FILE = "meta.json", "rollouts.jsonl"
 
 
 def build_bto_buffer(policy, processor, tool, dataset, folder, *, n_prompts: int, generations: int,
-                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0,
+                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0,
                      meta: dict | None = None) -> list[dict]:
     """Sample ``generations`` rollouts for ``n_prompts`` random training prompts and write the buffer folder."""
     rng = np.random.default_rng(seed)

@@ -48,7 +48,7 @@ def _scores(samples, probabilities, pred_boxes, with_cod: bool) -> dict:
 
 
 def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *, indices=None, with_cod=None,
-                    max_new_tokens: int = 48, batch_size: int = 32, return_records: bool = False):
+                    max_new_tokens: int = 56, batch_size: int = 32, return_records: bool = False):
     """Scores of the pipeline: ``giou``, ``ciou``, ``box_acc``, ``format_valid``, ``n``, ``n_missing`` (+ COD).
 
     With ``return_records``, also one dict per sample: ``id``, ``query``, ``completion``, ``valid``, ``box``,
@@ -88,7 +88,7 @@ def evaluate_oracle(tool, dataset, *, indices=None, with_points: bool = False, w
 
 
 def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, indices, group_size: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> list[list[dict]]:
+                   temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0) -> list[list[dict]]:
     """For each sample, ``group_size`` sampled rollouts as training sees them: completion, box, points, the
     tool's mask and every reward term (``RolloutScorer``), plus the group-relative advantage."""
     from .losses import group_advantages

@@ -6,7 +6,7 @@
 
 - ``paper``: ``Qwen/Qwen2.5-VL-3B-Instruct`` (or a local copy) with its own processor, images fixed to
   ``policy_image_size`` squared pixels (840 x 840 = 30 x 30 merged tokens of 28 px), optionally wrapped in LoRA.
-- ``tiny``: the same model class with a tiny configuration (about 1.2M parameters) and a processor made of two
+- ``tiny``: the same model class with a tiny configuration (1.14M parameters) and a processor made of two
   small parts written here, loaded from the stand-in folder that ``grto_lib.policy_standin`` builds:
 
   * ``CoordImageProcessor``: resizes to ``policy_image_size`` (128), normalises RGB to [-1, 1] and appends two
@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DEFAULT_PATH = "data/standins/policy"
 """The tiny stand-in's folder, relative to the repository root."""
 PAPER_DEFAULT_PATH = "Qwen/Qwen2.5-VL-3B-Instruct"
-STANDIN_BUILD_COMMAND = "python -m grto_lib.policy_standin --out data/standins/policy"
+STANDIN_BUILD_COMMAND = "python -m grto_lib.policy_standin --out data/standins/policy --device cuda --workers 14"
 LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SPECIAL_TOKENS = (
@@ -63,14 +63,17 @@ SPECIAL_TOKENS = (
     "<|video_pad|>", "<|unk|>",
 )
 """Qwen's control tokens (dropped by ``decode(skip_special_tokens=True)``, as TRL decodes completions)."""
-ANSWER_TOKENS = (prompts.THINK_OPEN, prompts.THINK_CLOSE, prompts.ANSWER_OPEN, prompts.ANSWER_CLOSE, '"bbox"', '"points"')
+ANSWER_TOKENS = (
+    prompts.THINK_OPEN, prompts.THINK_CLOSE, prompts.ANSWER_OPEN, prompts.ANSWER_CLOSE, '"bbox"', '"points"',
+)
 """Kept whole and *not* special: the completions TRL decodes must still contain them."""
 MAX_NUMBER = 255
 """Integers 0..MAX_NUMBER are single tokens; coordinates of a policy view up to 256 px fit."""
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + prompts.SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + prompts.SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -318,7 +321,7 @@ def build_tiny_processor(corpus, image_size: int = 128) -> TinyQwenProcessor:
 
 def tiny_model_config(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
                       vision_hidden_size: int = 96, vision_depth: int = 2, vision_heads: int = 4) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL at tiny sizes (about 1.2M parameters with the defaults and a ~400-word vocabulary).
+    """Qwen2.5-VL at tiny sizes (about 1.14M parameters with the defaults and the ~400-token vocabulary).
 
     Vision: 8 px patches over 5 channels (RGB + x, y), 2 x 2 merge (a 128 px image -> 64 tokens), every block
     with full attention (``fullatt_block_indexes`` = all, window 256 px), merged into the text width.

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -80,7 +79,8 @@ class ToolConfig:
     The prompt encoder's Fourier matrix is a buffer and is never trained."""
     image_size: int | None = None
     """Side of the square the image encoder reads (longest side resized to it, then padded). None: the preset's
-    own (tiny 64, SAM 1024; SAM checkpoints only work at 1024)."""
+    own (tiny 128, the synthetic images' size: at 64 the 4x-upsampled masks cap gIoU near 0.88 on shapes and
+    0.77 on earthreason; SAM 1024, the only size its checkpoints work at)."""
     patch_size: int = 8
     """Tiny: ViT patch side in pixels; the image embedding is ``image_size / patch_size`` on a side (SAM: 16)."""
     encoder_embed_dim: int = 64
@@ -114,7 +114,8 @@ class ToolConfig:
             return
         size = self.resolved_image_size()
         if size % self.patch_size or size < self.patch_size:
-            raise ValueError(f"ToolConfig.image_size={size} must be a positive multiple of patch_size={self.patch_size}")
+            raise ValueError(
+                f"ToolConfig.image_size={size} must be a positive multiple of patch_size={self.patch_size}")
         if self.prompt_embed_dim % 8:
             raise ValueError(f"ToolConfig.prompt_embed_dim={self.prompt_embed_dim} must be a multiple of 8")
         if (self.prompt_embed_dim // 2) % self.decoder_num_heads:
@@ -134,7 +135,7 @@ class ToolConfig:
         """The encoder's input side: ``image_size``, or the preset's default when it is None."""
         if self.image_size is not None:
             return self.image_size
-        return 64 if self.preset == "tiny" else _SAM_SIZES["image_size"]
+        return 128 if self.preset == "tiny" else _SAM_SIZES["image_size"]
 
     def architecture(self) -> dict:
         """Every size the weights depend on, with the preset's fixed values filled in (comparable across files)."""
@@ -262,7 +263,8 @@ class SegmentationTool(nn.Module):
             raise ValueError("embed() needs at least one image")
         inputs = []
         for i, image in enumerate(images):
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            ok = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            if not (ok and image.shape[2] == 3):
                 desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
                 raise ValueError(f"embed(): image {i} must be an H x W x 3 uint8 numpy array, got {desc}")
             resized = torch.from_numpy(self.transform.apply_image(image)).to(self.device)
@@ -311,7 +313,8 @@ class SegmentationTool(nn.Module):
                 point_labels = torch.ones(points.shape[:2], device=device)
             point_labels = torch.as_tensor(point_labels, device=device)
             if point_labels.shape != points.shape[:2]:
-                raise ValueError(f"point_labels must have shape {tuple(points.shape[:2])}, got {tuple(point_labels.shape)}")
+                raise ValueError(
+                    f"point_labels must have shape {tuple(points.shape[:2])}, got {tuple(point_labels.shape)}")
             point_prompt = (self._to_input_frame(points, image_index, image_hw), point_labels)
 
         prompt_encoder, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
@@ -405,7 +408,8 @@ def save_tool(tool: SegmentationTool, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tool.sam.state_dict().items()}
-    fields = dataclasses.asdict(dataclasses.replace(tool.config, checkpoint=None))
+    fields = dataclasses.asdict(dataclasses.replace(tool.config, checkpoint=None,
+                                                    image_size=tool.config.resolved_image_size()))
 
     def write(name, dump):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")

@@ -128,7 +128,7 @@ def grpo_args(config: TrainConfig, out: Path):
         reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in RolloutScorer.TERMS],
         bf16=on_gpu and config.preset == "paper",
         use_cpu=not on_gpu,
-        **({"gradient_checkpointing": True} if config.preset == "paper" else {}),
+        gradient_checkpointing=config.preset == "paper",  # TRL 1.16 defaults to True
         remove_unused_columns=False,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,

@@ -190,6 +190,18 @@ class GRTOTrainer(GRPOTrainer):
             save_tool_state(self.tool, self.tool_optimizer, os.path.join(folder, TOOL_CHECKPOINT_DIR))
             _atomic_write(Path(folder) / COMPLETE_MARKER, lambda tmp: Path(tmp).write_text("ok\n"))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Full-model checkpoints are saved with ``save_pretrained``, whose Qwen2.5-VL key names differ from the
+        module's own; ``Trainer`` would load them with missing keys (transformers 5.24). Load them back through
+        ``from_pretrained``, which maps the names. LoRA adapters and sharded/FSDP checkpoints go the usual way."""
+        model = model if model is not None else self.model
+        unwrapped = self.accelerator.unwrap_model(model)
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if not weights.is_file() or not hasattr(type(unwrapped), "from_pretrained") or hasattr(unwrapped, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(unwrapped).from_pretrained(resume_from_checkpoint, dtype=unwrapped.dtype)
+        unwrapped.load_state_dict(saved.state_dict())
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:

@@ -18,7 +18,7 @@ from grto_lib.tool import (
     save_tool,
     trainable_parameters,
 )
-from grto_lib.tool_standin import bce_dice_loss, jittered_prompts, train_tool_standin
+from grto_lib.tool_standin import augment_scene, bce_dice_loss, jittered_prompts, train_tool_standin, zoom_out
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,8 @@ def test_batched_decode_equals_segment_anythings_decoder_per_image():
         sparse, dense = sam.prompt_encoder(
             points=(transform.apply_coords_torch(POINTS[rows], (128, 128)), torch.ones(len(rows), 2)),
             boxes=transform.apply_boxes_torch(BOXES[rows], (128, 128)), masks=None)
-        low, _ = sam.mask_decoder(emb[j:j + 1], sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False)
+        low, _ = sam.mask_decoder(emb[j:j + 1], sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  multimask_output=False)
         theirs = sam.postprocess_masks(low, (64, 64), (128, 128))[:, 0]
         torch.testing.assert_close(ours[rows], theirs, atol=1e-5, rtol=1e-5)
 
@@ -165,22 +166,24 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path):
 
 def test_checkpoints_of_another_architecture_or_missing_raise_clear_errors(tmp_path):
     save_tool(make_tool(), tmp_path / "tiny")
-    deeper = ToolConfig(encoder_depth=3, checkpoint=str(tmp_path / "tiny" / "tool.safetensors"))
-    with pytest.raises(ValueError, match=r"0 missing keys.*unexpected|missing keys \[image_encoder\.blocks\.2"):
-        load_tool(deeper)
-    with pytest.raises(ValueError, match=r"another architecture.*encoder_depth.*\(2, 3\)"):
-        load_tool(ToolConfig(encoder_depth=3, checkpoint=str(tmp_path / "tiny")))
-    with pytest.raises(ValueError, match="shape mismatches"):
-        load_tool(ToolConfig(prompt_embed_dim=48, decoder_num_heads=2,
-                             checkpoint=str(tmp_path / "tiny" / "tool.safetensors")))
+    weights = str(tmp_path / "tiny" / "tool.safetensors")
+    # one ViT block more: that block's keys are missing from the file (a raw file carries no config to compare)
+    with pytest.raises(ValueError, match=r"\d+ missing keys \[image_encoder\.blocks\.2\..*0 unexpected keys"):
+        load_tool(ToolConfig(image_size=64, encoder_depth=3, checkpoint=weights))
+    with pytest.raises(ValueError, match=r"0 missing keys.*\d+ unexpected keys \[image_encoder\.blocks\.1\."):
+        load_tool(ToolConfig(image_size=64, encoder_depth=1, checkpoint=weights))
+    with pytest.raises(ValueError, match=r"another architecture.*'encoder_depth': \(2, 3\)"):
+        load_tool(ToolConfig(image_size=64, encoder_depth=3, checkpoint=str(tmp_path / "tiny")))
+    with pytest.raises(ValueError, match=r"shape mismatches \[.*file \(1, 8, 8, 64\) vs model \(1, 16, 16, 64\)"):
+        load_tool(ToolConfig(image_size=128, checkpoint=weights))
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_tool(ToolConfig(checkpoint=str(tmp_path / "nowhere.pth")))
     # a .pth of SAM's format (a plain state dict) loads with weights_only=True; a pickled object does not
     torch.save(make_tool().sam.state_dict(), tmp_path / "sam.pth")
-    load_tool(ToolConfig(checkpoint=str(tmp_path / "sam.pth")))
+    load_tool(ToolConfig(image_size=64, checkpoint=str(tmp_path / "sam.pth")))
     torch.save({"model": ToolConfig()}, tmp_path / "pickle.pth")
     with pytest.raises(ValueError, match="weights_only=True"):
-        load_tool(ToolConfig(checkpoint=str(tmp_path / "pickle.pth")))
+        load_tool(ToolConfig(image_size=64, checkpoint=str(tmp_path / "pickle.pth")))
 
 
 def test_config_rejects_bad_values():
@@ -220,9 +223,28 @@ def test_jittered_prompts_stay_in_the_image_and_near_the_box():
         assert set(labels) <= {-1.0, 1.0} and list(labels) == sorted(labels, reverse=True)
 
 
+def test_augmentations_keep_masks_aligned_with_their_pixels():
+    red, grey = (200, 30, 30), 240
+    image = np.full((64, 64, 3), grey, dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[16:48, 8:40] = True
+    image[mask] = red
+    rng = np.random.default_rng(0)
+    small, (small_mask,) = zoom_out(image, [mask], 0.5, rng)  # nearest: every other row and column
+    assert small_mask.sum() == 16 * 16
+    assert (small[small_mask] == red).all() and (small[~small_mask] == grey).all()
+    cluttered = augment_scene(image, [mask], rng, clutter=1.0, fade=0.0)
+    assert (cluttered[mask] == red).all() and (cluttered[~mask] != grey).any()
+    faded = augment_scene(image, [mask], rng, clutter=0.0, fade=1.0)
+    # one a ~ U(0.35, 0.8) per object: green = a * 30 + (1 - a) * 240 lies in [72, 166.5]
+    green = faded[mask][:, 1]
+    assert (green == green[0]).all() and 72 <= green[0] <= 167
+    assert (faded[~mask] == grey).all()
+
+
 def test_short_pretraining_reduces_the_loss_and_is_deterministic():
     data = load_dataset("shapes", "train", size=40)
-    kwargs = dict(steps=60, batch_size=4, log_every=0, dataset=data, config=ToolConfig(image_size=64))
+    kwargs = dict(steps=60, warmup=5, batch_size=4, log_every=0, dataset=data, config=ToolConfig(image_size=64))
     tool, log = train_tool_standin(seed=1, **kwargs)
     first, last = np.mean(log["losses"][:5]), np.mean(log["losses"][-5:])
     assert last < 0.8 * first, (first, last)

@@ -52,8 +52,8 @@ def test_bgrto_bootstraps_from_a_buffer_on_disk_and_reuses_it(tmp_path, monkeypa
     assert metrics["timing"]["bto_seconds"] > 0
 
     # A second run in a fresh folder that points at the same buffer content must not generate again.
-    import grto_lib.train as train_module
-    monkeypatch.setattr(train_module, "build_bto_buffer", lambda *a, **k: pytest.fail("buffer regenerated"))
+    import sys
+    monkeypatch.setattr(sys.modules["grto_lib.train"], "build_bto_buffer", lambda *a, **k: pytest.fail("buffer regenerated"))
     fresh = tmp_path / "c"
     fresh.mkdir()
     (fresh / "bto_buffer").symlink_to(buffer)
