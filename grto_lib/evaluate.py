@@ -127,3 +127,31 @@ def markdown_table(rows: dict[str, dict], digits: int = 3) -> str:
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()]
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    """``python -m grto_lib.evaluate``: the reference (stand-in policy + tool) and oracle rows of each setting."""
+    import argparse
+    import json
+
+    from .config import DATASETS, TrainConfig
+    from .train import load_models, load_splits
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--eval-size", type=int, default=200)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = {}
+    for dataset in args.datasets:
+        config = TrainConfig(dataset=dataset, eval_size=args.eval_size)
+        _, test_set = load_splits(config)
+        policy, processor, tool, size = load_models(config)
+        results[dataset] = {"reference": evaluate_policy(policy, processor, tool, test_set, size),
+                            "oracle": evaluate_oracle(tool, test_set)}
+        print(f"## {dataset} (test, {len(test_set)} samples)\n" + markdown_table(results[dataset]), flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

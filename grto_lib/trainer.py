@@ -131,13 +131,12 @@ class GRTOTrainer(GRPOTrainer):
             loss = loss + self.tool_loss_weight * tool_loss / self.current_gradient_accumulation_steps
             self._metrics[mode]["time/tool_loss"].append(time.perf_counter() - start)
         self._metrics[mode]["time/policy_loss"].append(policy_time)
-        if not torch.isfinite(loss):
-            self._metrics[mode]["nonfinite_loss_skipped"].append(1.0)
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)  # keeps autograd happy
-            if self.tool_optimizer is not None:
-                self.tool_optimizer.zero_grad(set_to_none=True)
-        else:
-            self._metrics[mode]["nonfinite_loss_skipped"].append(0.0)
+        skipped = not torch.isfinite(loss)
+        self._metrics[mode]["nonfinite_loss_skipped"].append(float(skipped))
+        if skipped:
+            # A loss connected to no parameter: every gradient stays None, so both optimizers skip every
+            # parameter this step (Adam leaves parameters whose grad is None untouched, moments included).
+            loss = torch.zeros((), device=loss.device, requires_grad=True)
         return loss
 
     def tool_loss(self, inputs) -> torch.Tensor:

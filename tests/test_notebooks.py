@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import papermill
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +32,14 @@ def test_notebooks_are_stripped_and_define_nothing():
         assert max(len(c.source.splitlines()) for c in cells) <= 25, f"{path.name} has a long code cell"
 
 
-def _run(notebook, out, cwd, **parameters):
-    papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-                               progress_bar=False)
+def _run(notebook, out, cwd, check=True, **parameters):
+    """``python -m papermill NOTEBOOK OUT -y PARAMETERS`` run from ``cwd``, as a user would."""
+    command = [sys.executable, "-m", "papermill", "--no-progress-bar", str(notebook), str(out),
+               "-y", json.dumps(parameters)]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
@@ -51,10 +55,15 @@ def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
         assert (tmp_path / run / "training.png").is_file()
 
 
-def test_invalid_parameter_stops_the_first_cell_naming_allowed_values(tmp_path):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "bad.ipynb", ROOT, method="ppo")
-    assert "grpo, grto, b-grto" in str(error.value)
+@pytest.mark.parametrize("parameters,message", [
+    ({"method": "ppo"}, "TrainConfig.method='ppo' is not allowed; choose one of grpo, grto, b-grto"),
+    ({"steps": "ten"}, "TrainConfig.steps must be a positive integer, got 'ten'"),
+    ({"dataset": "coco"}, "choose one of reasonseg, cod, earthreason"),
+])
+def test_invalid_parameter_stops_the_first_cell_naming_allowed_values(tmp_path, parameters, message):
+    result = _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "bad.ipynb", ROOT, check=False,
+                  **parameters)
+    assert result.returncode != 0 and message in result.stderr
     executed = nbformat.read(tmp_path / "bad.ipynb", as_version=4)
     ran = [c for c in executed.cells if c.cell_type == "code" and c.get("execution_count")]
     assert len(ran) <= 3  # the injected parameters, the defaults, and the failing config cell
