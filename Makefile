@@ -37,3 +37,7 @@ fuzz: setup
 
 clean:
 	rm -rf outputs runs
+
+# The paper's claims in miniature (issue: results table and learning curves); about an hour on 2 cores.
+results: setup
+	$(PY) -m grto_lib.results --jobs 2
