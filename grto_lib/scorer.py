@@ -14,6 +14,7 @@ of the batch.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,7 @@ class RolloutScorer:
         self._cached_key = None
         self._cached_terms: dict[str, list[float]] = {}
         self.pending_tool_batch: ToolBatch | None = None
+        self.seconds = 0.0  # wall time of the last ``score`` (parsing, tool forward, rewards)
 
     # --- parsing ------------------------------------------------------------------------------------------
     def parse(self, texts: list[str], sample_indices: list[int]):
@@ -92,7 +94,8 @@ class RolloutScorer:
     # --- scoring ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, texts: list[str], sample_indices: list[int]) -> dict[str, list[float]]:
-        """Every reward term for every rollout; also sets ``pending_tool_batch``."""
+        """Every reward term for every rollout; also sets ``pending_tool_batch`` and ``seconds``."""
+        start = time.perf_counter()
         answers, boxes, points, valid = self.parse(texts, sample_indices)
         distinct = sorted(set(sample_indices))
         samples = {i: self.dataset[i] for i in distinct}
@@ -129,6 +132,7 @@ class RolloutScorer:
             boxes=boxes_t, points=points_t, valid=torch.tensor(valid, device=device),
             embeddings=embeddings[image_index],
         )
+        self.seconds = time.perf_counter() - start
         return terms
 
     def terms_for(self, completions, sample_index) -> dict[str, list[float]]:

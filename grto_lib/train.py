@@ -165,7 +165,12 @@ def load_splits(config: TrainConfig):
 
 
 def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:
-    """Run ``config`` end to end; returns (and writes to ``metrics.json``) the results."""
+    """Run ``config`` end to end; returns (and writes to ``metrics.json``) the results.
+
+    Under ``torchrun`` / ``accelerate launch`` with several processes, every process trains; the main process
+    saves, evaluates and returns the metrics (with ``distributed``: whether all processes ended with identical
+    policy and tool parameters), the others return ``{}``.
+    """
     config.validate()
     out = repo_path(config.output_dir)
     _check_run_folder(config, out)
@@ -197,6 +202,10 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
 
     final = out / "final"
     trainer.save_model(str(final / "policy"))
+    accelerator = trainer.accelerator
+    in_sync = _parameters_in_sync(accelerator, policy, tool) if accelerator.num_processes > 1 else None
+    if not accelerator.is_main_process:
+        return {}
     processor.save_pretrained(str(final / "policy"))
     save_tool_state(tool, None, final / "tool")
     test_scores = evaluate_policy(policy, processor, tool, test_set, policy_image_size,
@@ -207,10 +216,23 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
         "curve": curve.points if config.curve_every else [],
         "timing": timing,
         "resumed_from": checkpoint,
+        "distributed": in_sync,
         "log_history": trainer.state.log_history,
     }
     _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _parameters_in_sync(accelerator, policy, tool) -> dict:
+    """Whether every process ends with the same policy and tool parameters (fingerprints compared exactly)."""
+    result = {"processes": accelerator.num_processes}
+    for name, module in (("policy", policy), ("tool", tool)):
+        flat = torch.cat([p.detach().float().flatten().cpu() for p in module.parameters()])
+        weights = torch.rand(len(flat), generator=torch.Generator().manual_seed(0))
+        fingerprint = torch.stack([flat.sum(), (flat * flat).sum(), (flat * weights).sum()])
+        gathered = accelerator.gather(fingerprint.to(accelerator.device).unsqueeze(0)).cpu()
+        result[name] = bool((gathered == gathered[0]).all())
+    return result
 
 
 def run_folder(dataset: str, method: str) -> str:
@@ -303,7 +325,8 @@ def main(argv=None) -> None:
     overrides = {k: (None if v == "None" else v) for k, v in args.items() if v is not None}
     config = TrainConfig(**{**base, **overrides})
     metrics = train(config)
-    print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=_to_builtin))
+    if metrics:  # the main process (others return {})
+        print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=_to_builtin))
 
 
 if __name__ == "__main__":

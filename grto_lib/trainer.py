@@ -12,7 +12,11 @@ checkpoints. This class adds exactly what GRTO needs (DESIGN.md section 1):
 * the tool has its own Adam optimizer and gradient clipping, stepped right before the policy's optimizer;
   with several processes its gradients are averaged like the policy's;
 * a non-finite loss is replaced by zero (nothing is updated), counted in ``train/nonfinite_loss_skipped``;
-* checkpoints also hold the tool and its optimizer (``tool/``), resumable with ``resume_from_checkpoint``.
+* checkpoints also hold the tool and its optimizer (``tool/``), resumable with ``resume_from_checkpoint``;
+* step time is logged in parts: ``time/generate_and_score`` (TRL's generation plus scoring), of which
+  ``time/tool_scoring`` is the tool's forward pass and the rewards; ``time/policy_loss`` (policy forward)
+  and ``time/tool_loss`` (decoder forward); TRL's ``step_time`` is the whole step, backward passes and
+  optimizer steps included.
 
 ``method="grpo"`` keeps the tool frozen: same rollouts, same rewards, no tool loss.
 """
@@ -116,7 +120,9 @@ class GRTOTrainer(GRPOTrainer):
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         output.update(self.scorer.pop_tool_batch().as_dict())
-        self._metrics["train"]["time/generate_and_score"].append(time.perf_counter() - start)
+        total = time.perf_counter() - start
+        self._metrics["train"]["time/generate_and_score"].append(total)
+        self._metrics["train"]["time/tool_scoring"].append(self.scorer.seconds)
         return output
 
     # --- the joint surrogate --------------------------------------------------------------------------------

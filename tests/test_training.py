@@ -187,3 +187,21 @@ def test_grto_learns_mean_training_reward_rises(tmp_path):
     rewards = [e["reward"] for e in metrics["log_history"] if "reward" in e]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last - first > 0.25, f"mean reward {first:.3f} -> {last:.3f}"
+
+
+def test_two_cpu_processes_keep_policy_and_tool_identical(tmp_path):
+    """Two CPU processes (torchrun, gloo; accelerate's own launcher runs CPU jobs in one process): the tool's
+    gradients are averaged like the policy's, so both networks stay identical on every process."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "grto_lib.train", "--method", "grto", "--steps", "2", "--prompts-per-step", "2",
+               "--num-generations", "4", "--train-size", "16", "--eval-size", "8", "--curve-every", "0",
+               "--tool-lr", "1e-3", "--output-dir", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["distributed"] == {"processes": 2, "policy": True, "tool": True}
+    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))  # the tool did train
