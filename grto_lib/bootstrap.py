@@ -97,9 +97,6 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
     with torch.no_grad():
         embeddings = torch.cat([tool.embed([s.image for s in samples[i:i + 64]]) for i in range(0, len(samples), 64)])
     image_hw = [s.mask.shape for s in samples]
-    targets = [torch.as_tensor(s.mask, device=device) for s in samples]
-    ignores = [torch.as_tensor(s.ignore if s.ignore is not None else np.zeros_like(s.mask), device=device)
-               for s in samples]
     image_index = torch.tensor([row_of[r["sample_index"]] for r in usable], device=device)
     boxes = torch.tensor([r["bbox"] for r in usable], dtype=torch.float32, device=device)
     points = torch.tensor([r["points"] for r in usable], dtype=torch.float32, device=device)
@@ -112,13 +109,7 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
         batch = torch.randint(len(usable), (min(batch_size, len(usable)),), generator=generator).to(device)
         rows = image_index[batch]
         logits = tool.decode(embeddings, rows, boxes[batch], points[batch], image_hw)
-        if not torch.is_tensor(logits):  # images of several sizes: one loss per rollout
-            per = torch.stack([losses.tool_loss(l[None], targets[r][None], ignores[r][None], kind=loss_kind)[0]
-                               for l, r in zip(logits, rows.tolist())])
-        else:
-            target = torch.stack([targets[r] for r in rows.tolist()])
-            ignore = torch.stack([ignores[r] for r in rows.tolist()])
-            per = losses.tool_loss(logits, target, ignore, kind=loss_kind)
+        per = losses.rollout_tool_losses(logits, [samples[r] for r in rows.tolist()], kind=loss_kind)
         loss = per.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -237,6 +237,24 @@ def tool_loss(
     return bce + dice
 
 
+def rollout_tool_losses(logits, samples, kind: str = "bce_dice") -> torch.Tensor:
+    """``tool_loss`` [N] for rollouts of ``samples`` (one ``Sample`` per rollout, giving ``mask`` and ``ignore``).
+
+    ``logits`` is the tool's output: a tensor [N, H, W] when every image has one size, else a list of
+    [H_i, W_i] tensors (real datasets), scored one by one.
+    """
+    device = (logits if torch.is_tensor(logits) else logits[0]).device
+    targets = [torch.as_tensor(s.mask, device=device) for s in samples]
+    ignores = [None if s.ignore is None else torch.as_tensor(s.ignore, device=device) for s in samples]
+    if not torch.is_tensor(logits):
+        return torch.stack([tool_loss(l[None], t[None], None if i is None else i[None], kind)[0]
+                            for l, t, i in zip(logits, targets, ignores)])
+    ignore = None
+    if any(i is not None for i in ignores):
+        ignore = torch.stack([torch.zeros_like(t) if i is None else i for t, i in zip(targets, ignores)])
+    return tool_loss(logits, torch.stack(targets), ignore, kind)
+
+
 def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform") -> torch.Tensor:
     r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
 

@@ -68,6 +68,13 @@ class RolloutScorer:
         self._cached_terms: dict[str, list[float]] = {}
         self.pending_tool_batch: ToolBatch | None = None
         self.seconds = 0.0  # wall time of the last ``score`` (parsing, tool forward, rewards)
+        self._samples: dict = {}  # the samples of the batch being scored, read from the dataset once
+
+    def samples(self, indices) -> dict:
+        """Samples by dataset index, each read once per batch (kept until the next batch is scored)."""
+        for i in set(indices) - set(self._samples):
+            self._samples[i] = self.dataset[i]
+        return self._samples
 
     # --- parsing ------------------------------------------------------------------------------------------
     def parse(self, texts: list[str], sample_indices: list[int]):
@@ -76,10 +83,11 @@ class RolloutScorer:
         boxes = np.zeros((len(texts), 4))
         points = np.zeros((len(texts), self.num_points, 2))
         valid = np.zeros(len(texts), dtype=bool)
+        samples = self.samples(sample_indices)
         for i, (answer, index) in enumerate(zip(answers, sample_indices)):
             if answer is None:
                 continue
-            h, w = self.dataset[index].mask.shape
+            h, w = samples[index].mask.shape
             box, pts = answer_to_image_pixels(answer.bbox, answer.points, (h, w), self.policy_image_size)
             answers[i] = rewards.Answer(bbox=tuple(box), points=[tuple(p) for p in pts])
             boxes[i] = box
@@ -96,9 +104,10 @@ class RolloutScorer:
     def score(self, texts: list[str], sample_indices: list[int]) -> dict[str, list[float]]:
         """Every reward term for every rollout; also sets ``pending_tool_batch`` and ``seconds``."""
         start = time.perf_counter()
+        self._samples = {}
         answers, boxes, points, valid = self.parse(texts, sample_indices)
         distinct = sorted(set(sample_indices))
-        samples = {i: self.dataset[i] for i in distinct}
+        samples = self.samples(distinct)
         device = next(self.tool.parameters()).device
         embeddings = self.tool.embed([samples[i].image for i in distinct])
         row_of = {index: row for row, index in enumerate(distinct)}

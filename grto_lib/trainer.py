@@ -154,16 +154,12 @@ class GRTOTrainer(GRPOTrainer):
             self._metrics["train"]["tool/loss"].append(0.0)
             return torch.zeros((), device=valid.device)
         index = inputs["tool_sample_index"][rows].tolist()
-        samples = [self.scorer.dataset[i] for i in index]
+        by_index = self.scorer.samples(index)
+        samples = [by_index[i] for i in index]
         logits = self.tool.decode(inputs["tool_embeddings"][rows], torch.arange(len(rows), device=valid.device),
                                   inputs["tool_boxes"][rows].detach(), inputs["tool_points"][rows].detach(),
                                   [s.mask.shape for s in samples])
-        targets = torch.stack([torch.as_tensor(s.mask, device=valid.device) for s in samples])
-        ignore = None
-        if any(s.ignore is not None for s in samples):
-            ignore = torch.stack([torch.as_tensor(s.ignore if s.ignore is not None else s.mask & False,
-                                                  device=valid.device) for s in samples])
-        per_rollout = losses.tool_loss(logits, targets, ignore, kind=self.tool_loss_kind)
+        per_rollout = losses.rollout_tool_losses(logits, samples, kind=self.tool_loss_kind)
         loss = (weights[rows] * per_rollout).sum()
         self._metrics["train"]["tool/loss"].append(loss.item())
         self._metrics["train"]["tool/valid_rollouts"].append(valid.float().mean().item())

@@ -349,3 +349,22 @@ def test_tool_loss_weights_rejects_bad_arguments():
         tool_loss_weights(A, VALID.int())
     with pytest.raises(ValueError, match="finite"):
         tool_loss_weights(torch.tensor([math.nan, 1.0]), torch.tensor([True, True]), "advantage")
+
+
+def test_rollout_tool_losses_handles_images_of_different_sizes_and_ignore():
+    from grto_lib.losses import rollout_tool_losses
+    from grto_lib.sample import Sample
+
+    g = torch.Generator().manual_seed(0)
+    small = Sample(image=None, query="q", mask=torch.rand(4, 5, generator=g).numpy() > 0.5, ignore=None, id="a")
+    big_ignore = torch.rand(6, 3, generator=g).numpy() > 0.7
+    big = Sample(image=None, query="q", mask=torch.rand(6, 3, generator=g).numpy() > 0.5, ignore=big_ignore, id="b")
+    logits = [torch.randn(4, 5, generator=g), torch.randn(6, 3, generator=g)]
+    per = rollout_tool_losses(logits, [small, big])
+    expected = [tool_loss(logits[0][None], torch.as_tensor(small.mask)[None])[0],
+                tool_loss(logits[1][None], torch.as_tensor(big.mask)[None], torch.as_tensor(big_ignore)[None])[0]]
+    assert torch.allclose(per, torch.stack(expected))
+    # One size: the batched path gives the same numbers as one by one.
+    same = [small, small]
+    stacked = torch.stack([logits[0], logits[0] * 2])
+    assert torch.allclose(rollout_tool_losses(stacked, same), rollout_tool_losses(list(stacked), same))
