@@ -205,3 +205,30 @@ def test_two_cpu_processes_keep_policy_and_tool_identical(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["distributed"] == {"processes": 2, "policy": True, "tool": True}
     assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))  # the tool did train
+
+
+def test_grto_and_bto_on_a_real_format_folder_with_images_of_different_sizes(tmp_path):
+    """A LISA-format ReasonSeg folder (jpg + labelme json) whose images differ in size, with an ignore region:
+    the policy sees resized views, the tool scores and trains at each image's own resolution."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        folder = tmp_path / "ReasonSeg" / split
+        folder.mkdir(parents=True)
+        for k, (w, h) in enumerate([(150, 100), (96, 120), (128, 128), (200, 90)]):
+            image = rng.integers(150, 255, (h, w, 3), dtype=np.uint8)
+            x1, y1 = w // 4, h // 4
+            image[y1:y1 + h // 3, x1:x1 + w // 3] = (200, 30, 30)
+            Image.fromarray(image).save(folder / f"img{k}.jpg")
+            shapes = [{"label": "target", "shape_type": "polygon",
+                       "points": [[x1, y1], [x1 + w // 3, y1], [x1 + w // 3, y1 + h // 3], [x1, y1 + h // 3]]},
+                      {"label": "ignore", "shape_type": "polygon", "points": [[0, 0], [8, 0], [8, 8], [0, 8]]}]
+            (folder / f"img{k}.json").write_text(json.dumps(
+                {"text": ["the red shape"], "is_sentence": False, "shapes": shapes}))
+    metrics = train(TrainConfig(method="b-grto", data_root=str(tmp_path / "ReasonSeg"),
+                                output_dir=str(tmp_path / "run"), **dict(TINY, curve_every=0)))
+    assert metrics["test"]["n"] == 4 and metrics["test"]["format_valid"] > 0
+    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "run" / "final" / "tool"))
+    assert all(entry["tool/loss"] > 0 for entry in metrics["log_history"] if "tool/loss" in entry)
