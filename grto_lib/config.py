@@ -75,6 +75,10 @@ class TrainConfig:
     """Sampling temperature of the rollouts."""
     max_completion_length: int = 56
     """Longest completion in tokens (the tiny policy's answers take 36-37; a clipped answer fails the format)."""
+    micro_batch: int | None = None
+    """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
+    prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
+    None: all at once. The paper preset needs 8 to peak under 22 GB (docs/benchmarks.md)."""
 
     # --- GRTO: the tool ------------------------------------------------------------------------------------
     tool_lr: float = 3e-4
@@ -134,6 +138,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        total = self.prompts_per_step * self.num_generations
+        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
+                                             or self.micro_batch < 1 or total % self.micro_batch):
+            raise ValueError(f"TrainConfig.micro_batch={self.micro_batch!r} must be a positive divisor of "
+                             f"prompts_per_step * num_generations = {total}")
         if self.num_generations < 2:
             raise ValueError("TrainConfig.num_generations must be >= 2: advantages are relative to the group")
         for name in ("policy_lr", "tool_lr", "bto_lr", "beta", "tool_loss_weight", "temperature"):

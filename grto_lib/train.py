@@ -109,11 +109,13 @@ def grpo_args(config: TrainConfig, out: Path):
     from trl import GRPOConfig
 
     on_gpu = torch.cuda.is_available()
+    completions = config.prompts_per_step * config.num_generations
+    micro_batch = config.micro_batch or completions
     return GRPOConfig(
         output_dir=str(out),
         max_steps=config.steps,
-        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=completions // micro_batch,
         num_generations=config.num_generations,
         learning_rate=config.policy_lr,
         lr_scheduler_type="constant_with_warmup",

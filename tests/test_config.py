@@ -35,3 +35,14 @@ def test_round_trip_and_unknown_keys(tmp_path):
 
 def test_trains_tool_only_for_grto_variants():
     assert [TrainConfig(method=m).trains_tool for m in ("grpo", "grto", "b-grto")] == [False, True, True]
+
+
+def test_micro_batch_must_divide_the_completions_of_a_step():
+    with pytest.raises(ValueError, match="micro_batch=5 must be a positive divisor of .* = 64"):
+        TrainConfig(micro_batch=5)
+    from pathlib import Path
+
+    from grto_lib.train import grpo_args
+
+    args = grpo_args(TrainConfig(micro_batch=16), Path("/tmp/unused"))
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 4)

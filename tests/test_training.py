@@ -232,3 +232,9 @@ def test_grto_and_bto_on_a_real_format_folder_with_images_of_different_sizes(tmp
     assert metrics["test"]["n"] == 4 and metrics["test"]["format_valid"] > 0
     assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "run" / "final" / "tool"))
     assert all(entry["tool/loss"] > 0 for entry in metrics["log_history"] if "tool/loss" in entry)
+
+
+def test_micro_batches_accumulate_policy_and_tool_gradients(tmp_path):
+    metrics = train(TrainConfig(method="grto", micro_batch=4, output_dir=str(tmp_path), **dict(TINY, curve_every=0)))
+    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))
+    assert metrics["config"]["micro_batch"] == 4 and metrics["test"]["n"] == 8
