@@ -22,7 +22,6 @@ import torch
 
 from . import rewards
 from .geometry import mask_to_box
-from .prompts import answer_to_image_pixels
 
 
 @dataclass
@@ -87,9 +86,8 @@ class RolloutScorer:
         for i, (answer, index) in enumerate(zip(answers, sample_indices)):
             if answer is None:
                 continue
-            h, w = samples[index].mask.shape
-            box, pts = answer_to_image_pixels(answer.bbox, answer.points, (h, w), self.policy_image_size)
-            answers[i] = rewards.Answer(bbox=tuple(box), points=[tuple(p) for p in pts])
+            answers[i] = answer.in_image_pixels(samples[index].mask.shape, self.policy_image_size)
+            box, pts = np.array(answers[i].bbox), np.array(answers[i].points).reshape(-1, 2)
             boxes[i] = box
             if len(pts):
                 # Fewer points than K: repeat the last; more: keep the first K.
