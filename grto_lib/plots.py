@@ -126,33 +126,41 @@ class LivePlot(TrainerCallback):
         return self.figure
 
 
+def rollout_group_figure(sample, group):
+    """One sample's G rollouts side by side: box, points, the tool's mask, total reward and the thought."""
+    fig, axes = plt.subplots(1, len(group), figsize=(2.3 * len(group), 3), squeeze=False)
+    for ax, rollout in zip(axes[0], group):
+        total = sum(rollout["rewards"].values())
+        show_sample(ax, sample.image, mask=sample.mask, pred=rollout["mask"], box=rollout["box"],
+                    points=rollout["points"], title=f"r={total:.2f} A={rollout['advantage']:+.2f}\n"
+                                                    f"{_reasoning(rollout['completion'], 24)}")
+    fig.suptitle(sample.query, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def rollout_explorer(samples, groups):
     """ipywidgets browser: a slider over samples, showing the G rollouts of each with their rewards.
 
-    ``groups[i]``: list of dicts with ``completion``, ``box``, ``points``, ``mask`` (or None) and ``rewards``
-    (term -> value) for sample i, e.g. from ``score_rollout_groups``.
+    ``groups[i]``: list of dicts with ``completion``, ``box``, ``points``, ``mask`` (or None), ``rewards``
+    (term -> weighted value) and ``advantage`` for sample i, e.g. from ``evaluate.rollout_groups``. Each
+    figure is rendered to a PNG shown in an ``Image`` widget (no ``Output`` capture: papermill-safe).
     """
+    import io
+
     import ipywidgets as widgets
     from IPython.display import display
 
-    output = widgets.Output()
+    def png(i: int) -> bytes:
+        fig = rollout_group_figure(samples[i], groups[i])
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=70)
+        plt.close(fig)
+        return buffer.getvalue()
+
     slider = widgets.IntSlider(min=0, max=len(samples) - 1, description="sample")
-
-    def render(change=None):
-        i = slider.value
-        with output:
-            output.clear_output(wait=True)
-            group = groups[i]
-            fig, axes = plt.subplots(1, len(group), figsize=(2.3 * len(group), 3), squeeze=False)
-            for ax, rollout in zip(axes[0], group):
-                total = sum(rollout["rewards"].values())
-                show_sample(ax, samples[i].image, mask=samples[i].mask, pred=rollout["mask"], box=rollout["box"],
-                            points=rollout["points"], title=f"r={total:.2f}\n{_reasoning(rollout['completion'], 24)}")
-            fig.suptitle(samples[i].query, fontsize=9)
-            plt.show()
-
-    slider.observe(render, names="value")
-    render()
-    box = widgets.VBox([slider, output])
+    image = widgets.Image(value=png(0), format="png")
+    slider.observe(lambda change: setattr(image, "value", png(change["new"])), names="value")
+    box = widgets.VBox([slider, image])
     display(box)
     return box

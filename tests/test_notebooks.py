@@ -34,9 +34,9 @@ def test_notebooks_are_stripped_and_define_nothing():
 
 def _run(notebook, out, cwd, check=True, **parameters):
     """``python -m papermill NOTEBOOK OUT -y PARAMETERS`` run from ``cwd``, as a user would."""
-    command = [sys.executable, "-m", "papermill", "--no-progress-bar", str(notebook), str(out),
-               "-y", json.dumps(parameters)]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    command = [sys.executable, "-m", "papermill", "--no-progress-bar", "--execution-timeout", "300",
+               str(notebook), str(out), "-y", json.dumps(parameters)]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -91,6 +91,6 @@ def test_evaluation_notebook_writes_the_table(tmp_path):
 def test_derivation_outputs_reproduce():
     """nbval re-runs 01 and compares the cells marked NBVAL_CHECK_OUTPUT with the committed outputs."""
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                             str(ROOT / "notebooks" / "01_derivation.ipynb")], cwd=ROOT, capture_output=True,
+                             str(ROOT / "notebooks" / "01_derivation.ipynb")], cwd=ROOT, capture_output=True, timeout=900,
                             text=True)
     assert result.returncode == 0, result.stdout[-3000:]
