@@ -90,7 +90,7 @@ def test_evaluation_notebook_writes_the_table(tmp_path):
 
 def test_derivation_outputs_reproduce():
     """nbval re-runs 01 and compares the cells marked NBVAL_CHECK_OUTPUT with the committed outputs."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                             str(ROOT / "notebooks" / "01_derivation.ipynb")], cwd=ROOT, capture_output=True, timeout=900,
-                            text=True)
+    command = [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+               str(ROOT / "notebooks" / "01_derivation.ipynb")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
