@@ -238,3 +238,13 @@ def test_micro_batches_accumulate_policy_and_tool_gradients(tmp_path):
     metrics = train(TrainConfig(method="grto", micro_batch=4, output_dir=str(tmp_path), **dict(TINY, curve_every=0)))
     assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))
     assert metrics["config"]["micro_batch"] == 4 and metrics["test"]["n"] == 8
+
+
+def test_grto_with_a_lora_policy_trains_only_the_adapter_and_the_tool(tmp_path):
+    metrics = train(TrainConfig(method="grto", lora=True, output_dir=str(tmp_path), **dict(TINY, curve_every=0)))
+    saved = sorted(p.name for p in (tmp_path / "final" / "policy").iterdir())
+    assert "adapter_config.json" in saved and "adapter_model.safetensors" in saved
+    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))
+    from grto_lib.train import load_run
+    _, policy, _, _, _ = load_run(tmp_path)  # the adapter reloads on top of the stand-in
+    assert hasattr(policy, "peft_config") and metrics["test"]["n"] == 8
