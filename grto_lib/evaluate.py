@@ -101,18 +101,17 @@ def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, 
     flat_index = [i for i in indices for _ in range(group_size)]
     flat_text = [t for group in texts for t in group]
     scorer = RolloutScorer(dataset, tool, policy_image_size)
-    terms = scorer.score(flat_text, flat_index)
-    _, boxes, points, valid = scorer.parse(flat_text, flat_index)
+    terms = scorer.score(flat_text, flat_index)  # parses, runs the tool once per image, scores
+    batch = scorer.pop_tool_batch()
     weights = RewardWeights()
     totals = torch.tensor([sum(getattr(weights, k) * terms[k][r] for k in terms) for r in range(len(flat_text))])
     advantages = group_advantages(totals, group_size).tolist()
-    samples = {i: dataset[i] for i in indices}
-    masks = _tool_probabilities(tool, [samples[i] for i in flat_index], boxes, points, valid)
     rollouts = [
-        {"completion": t, "valid": bool(v), "box": b if v else None, "points": p if v else None,
-         "mask": None if m is None else m > 0.5, "rewards": {k: terms[k][r] * getattr(weights, k) for k in terms},
-         "advantage": advantages[r]}
-        for r, (t, v, b, p, m) in enumerate(zip(flat_text, valid, boxes, points, masks))
+        {"completion": text, "valid": bool(valid), "box": box.cpu().numpy() if valid else None,
+         "points": points.cpu().numpy() if valid else None, "mask": mask,
+         "rewards": {k: terms[k][r] * getattr(weights, k) for k in terms}, "advantage": advantages[r]}
+        for r, (text, valid, box, points, mask) in enumerate(zip(flat_text, batch.valid.tolist(), batch.boxes,
+                                                                 batch.points, scorer.pred_masks))
     ]
     return [rollouts[k * group_size:(k + 1) * group_size] for k in range(len(indices))]
 

@@ -66,6 +66,7 @@ class RolloutScorer:
         self._cached_key = None
         self._cached_terms: dict[str, list[float]] = {}
         self.pending_tool_batch: ToolBatch | None = None
+        self.pred_masks: list = []  # the tool's bool mask per rollout of the last ``score`` (None: invalid)
         self.seconds = 0.0  # wall time of the last ``score`` (parsing, tool forward, rewards)
         self._samples: dict = {}  # the samples of the batch being scored, read from the dataset once
 
@@ -139,6 +140,7 @@ class RolloutScorer:
             boxes=boxes_t, points=points_t, valid=torch.tensor(valid, device=device),
             embeddings=embeddings[image_index],
         )
+        self.pred_masks = pred_masks
         self.seconds = time.perf_counter() - start
         return terms
 
