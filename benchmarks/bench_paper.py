@@ -97,13 +97,15 @@ SIZES = {
 class Recorder:
     """Appends one JSON object per measurement to ``out/results.jsonl`` (flushed at once) and prints it."""
 
-    def __init__(self, out: Path, section: str):
+    def __init__(self, out: Path, section: str, write: bool = True):
         self.path = out / "results.jsonl"
-        self.section = section
+        self.section, self.write = section, write
         out.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, name: str, **data) -> dict:
         row = {"section": self.section, "name": name, **data}
+        if not self.write:  # another process of a distributed run: process 0 records
+            return row
         line = json.dumps(row, default=_plain)
         with open(self.path, "a") as f:
             f.write(line + "\n")
@@ -401,7 +403,7 @@ def step_probe(counter):
 
 
 def trainer_args(method: str, prompts: int, group: int, steps: int, max_new_tokens: int, micro_batch: int,
-                 tokenizer, output_dir: str):
+                 tokenizer, output_dir: str, generate_every: int = 1):
     """TRL GRPOConfig from ``grto_lib.train.grpo_args`` (the project's settings), with benchmark overrides."""
     import trl
 
@@ -410,7 +412,7 @@ def trainer_args(method: str, prompts: int, group: int, steps: int, max_new_toke
 
     config = TrainConfig(method=method, preset="paper", prompts_per_step=prompts, num_generations=group,
                          steps=steps, max_completion_length=max_new_tokens, logging_steps=1, curve_every=0,
-                         output_dir=output_dir, loss_type="grpo")
+                         output_dir=output_dir, loss_type="grpo", generate_every=generate_every)
     captured = {}
     original = trl.GRPOConfig
     trl.GRPOConfig = lambda **kwargs: captured.update(kwargs) or kwargs  # grpo_args imports it from trl
@@ -421,14 +423,35 @@ def trainer_args(method: str, prompts: int, group: int, steps: int, max_new_toke
     total = prompts * group
     captured.update(
         per_device_train_batch_size=micro_batch, gradient_accumulation_steps=total // micro_batch,
+        steps_per_generation=total // micro_batch * generate_every,
         report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=1, warmup_steps=0,
         generation_kwargs={"suppress_tokens": special_ids(tokenizer)},
     )
     return config, trl.GRPOConfig(**captured)
 
 
+class GenerationTimer:
+    """Wraps a trainer's ``_generate_single_turn`` (TRL's call of ``model.generate``): completions, tokens and
+    synchronised seconds of every generation call made inside the RL step."""
+
+    def __init__(self, trainer, bound_steps_per_s: float | None = None):
+        self.calls, self.bound = [], bound_steps_per_s
+        self.inner = trainer._generate_single_turn
+        trainer._generate_single_turn = self
+
+    def __call__(self, prompt_ids, *args, **kwargs):
+        (completion_ids, logprobs), seconds = timed(lambda: self.inner(prompt_ids, *args, **kwargs))
+        lengths = [len(c) for c in completion_ids]
+        steps_per_s = max(lengths) / seconds
+        self.calls.append({
+            "completions": len(lengths), "tokens": sum(lengths), "longest": max(lengths), "seconds": round(seconds, 3),
+            "tokens_per_s": round(sum(lengths) / seconds, 1), "decode_steps_per_s": round(steps_per_s, 2),
+            "share_of_weight_read_bound": round(steps_per_s / self.bound, 4) if self.bound else None})
+        return completion_ids, logprobs
+
+
 def run_trainer(record, label, method, policy, processor, tool, dataset, policy_px, counter, *, prompts, group,
-                steps, max_new_tokens, micro_batch):
+                steps, max_new_tokens, micro_batch, generate_every=1, bound_steps_per_s=None, after_train=None):
     from datasets import Dataset
 
     from grto_lib.prompts import to_trl_rows
@@ -436,7 +459,7 @@ def run_trainer(record, label, method, policy, processor, tool, dataset, policy_
 
     with tempfile.TemporaryDirectory() as tmp:
         config, args = trainer_args(method, prompts, group, steps, max_new_tokens, micro_batch,
-                                    processor.tokenizer, tmp)
+                                    processor.tokenizer, tmp, generate_every)
         tool.set_trainable("decoder")  # a previous grpo trainer froze it
         scorer = forced_valid_scorer_class()(dataset, tool, policy_px)
         trainer = GRTOTrainer(
@@ -447,11 +470,13 @@ def run_trainer(record, label, method, policy, processor, tool, dataset, policy_
         )
         probe = step_probe(counter)
         trainer.add_callback(probe)
+        generation = GenerationTimer(trainer, bound_steps_per_s)
         from transformers.trainer_callback import PrinterCallback
         trainer.remove_callback(PrinterCallback)  # results.jsonl holds the logs
         cleanup()
         reset_peak()
         _, seconds = timed(trainer.train)
+        extra = after_train(trainer) if after_train else {}
         logs = [row for row in trainer.state.log_history if "step" in row and "train_runtime" not in row]
         keys = ("time/generate_and_score", "time/tool_scoring", "time/policy_loss", "time/tool_loss",
                 "step_time", "tool/loss", "tool/valid_rollouts", "loss", "completions/mean_length")
@@ -481,7 +506,8 @@ def run_trainer(record, label, method, policy, processor, tool, dataset, policy_
             encoder_images_per_step=[s["encoder_images"] for s in per_step],
             encoder_calls_per_step=[s["encoder_calls"] for s in per_step],
             distinct_images_per_step=prompts, forced_valid_last_batch=getattr(scorer, "forced", None),
-            settings=settings, per_step=per_step,
+            generate_every=generate_every, generation_calls=generation.calls, settings=settings, per_step=per_step,
+            **extra,
         )
         del trainer, scorer
         cleanup()
@@ -496,7 +522,7 @@ def section_core(record, size, opts, deadline):
     device = "cuda" if cuda() else "cpu"
     dtype = torch.bfloat16 if cuda() else torch.float32
     record("environment", **environment(), size=opts.size)
-    dataset = build_data(size, 16)
+    dataset = build_data(size, 32)  # grto_generate_every_16 samples 32 distinct prompts
     processor = build_processor(dataset, size["policy_px"])
     policy, built = timed(lambda: build_policy(size["arch"], processor.tokenizer, device, dtype))
     stats = param_stats(policy)
@@ -557,6 +583,13 @@ def section_core(record, size, opts, deadline):
     known = {"grpo": ("grpo", group * opts.prompts), "grto": ("grto", group * opts.prompts),
              "grto_microbatch8": ("grto", group)}
     for run in opts.runs:  # in the order given
+        if run.startswith("grto_generate_every_"):  # one step whose generation call serves k steps
+            every = int(run.rsplit("_", 1)[1])
+            with record.guard("trainer/" + run):
+                run_trainer(record, "trainer/" + run, "grto", policy, processor, tool, dataset, size["policy_px"],
+                            counter, prompts=opts.prompts, group=group, steps=1, max_new_tokens=new,
+                            micro_batch=group * opts.prompts, generate_every=every, bound_steps_per_s=bound)
+            continue
         label, (method, micro) = "trainer/" + run, known[run]
         if label.endswith("microbatch8") and opts.prompts * group == group:
             continue
@@ -566,7 +599,8 @@ def section_core(record, size, opts, deadline):
         with record.guard(label):
             steps = opts.steps if micro == group * opts.prompts else opts.memory_steps
             run_trainer(record, label, method, policy, processor, tool, dataset, size["policy_px"], counter,
-                        prompts=opts.prompts, group=group, steps=steps, max_new_tokens=new, micro_batch=micro)
+                        prompts=opts.prompts, group=group, steps=steps, max_new_tokens=new, micro_batch=micro,
+                        bound_steps_per_s=bound)
     summarise(record, opts.out)
 
 
@@ -686,6 +720,39 @@ def section_cb(record, size, opts, deadline):
                    note="language model alone, text-only prompts; TRL refuses continuous batching for VLMs")
 
 
+def section_distributed(record, size, opts, deadline):
+    """A short GRTO run under ``accelerate launch`` (or torchrun): every process builds the same random-init
+    models, generates and scores its own prompts, and DDP / ``GRTOTrainer._step_tool`` average the policy's and
+    the tool's gradients. After the last step, every process's policy and tool parameters are compared through
+    fingerprints (``grto_lib.train._parameters_in_sync``); throughput is completions per second of all processes."""
+    from grto_lib.policy import PolicyConfig, wrap_lora
+    from grto_lib.train import _parameters_in_sync
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda() else torch.device("cpu")
+    if cuda():
+        torch.cuda.set_device(device)
+    dtype = torch.bfloat16 if cuda() else torch.float32
+    record("environment", **environment(), size=opts.size, processes=processes)
+    dataset = build_data(size, 16)
+    processor = build_processor(dataset, size["policy_px"])
+    policy = build_policy(size["arch"], processor.tokenizer, device, dtype)
+    policy = wrap_lora(policy, PolicyConfig(preset="paper", lora=True))
+    tool = build_tool(size["tool"], device)
+    bound = H100_BANDWIDTH / param_stats(policy)["weight_bytes"]
+    group = opts.group
+    row = run_trainer(record, f"distributed/grto_{processes}_processes", "grto", policy, processor, tool,
+                      dataset, size["policy_px"], EncoderCounter(tool), prompts=opts.prompts, group=group,
+                      steps=opts.steps, max_new_tokens=opts.max_new_tokens, micro_batch=group * opts.prompts,
+                      bound_steps_per_s=bound,
+                      after_train=lambda trainer: {"in_sync": _parameters_in_sync(trainer.accelerator, policy, tool)})
+    steady = [s["seconds"] for s in row["per_step"][1:]] or [row["per_step"][0]["seconds"]]
+    completions = processes * opts.prompts * group
+    record("distributed/summary", processes=processes, completions_per_step=completions,
+           steady_step_seconds=round(float(np.mean(steady)), 3),
+           completions_per_s=round(completions / float(np.mean(steady)), 3), in_sync=row["in_sync"])
+
+
 def summarise(record, out: Path):
     """One row that puts the headline numbers side by side (from this file's earlier rows)."""
     rows = {}
@@ -713,7 +780,7 @@ def summarise(record, out: Path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=("core", "compile", "cb"))
+    parser.add_argument("section", choices=("core", "compile", "cb", "distributed"))
     parser.add_argument("--size", choices=tuple(SIZES), default="paper")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
@@ -726,7 +793,7 @@ def main(argv=None):
                         help="core: which generate benchmarks to run")
     parser.add_argument("--plain-reps", type=int, default=2, help="timed repetitions of generate/plain_8")
     parser.add_argument("--runs", type=lambda s: s.split(","), default=["grpo", "grto", "grto_microbatch8"],
-                        help="core: trainer runs (grpo, grto, grto_microbatch8)")
+                        help="core: trainer runs (grpo, grto, grto_microbatch8, grto_generate_every_K)")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps of the grto_microbatch8 run")
     parser.add_argument("--budget", type=float, default=300, help="seconds this section may take")
     parser.add_argument("--reserve-for-trainer", type=float, default=150)
@@ -738,10 +805,11 @@ def main(argv=None):
     opts = parser.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    record = Recorder(opts.out, opts.section)
+    record = Recorder(opts.out, opts.section, write=int(os.environ.get("RANK", "0")) == 0)
     deadline = Deadline(opts.budget)
     start = time.perf_counter()
-    section = {"core": section_core, "compile": section_compile, "cb": section_cb}[opts.section]
+    section = {"core": section_core, "compile": section_compile, "cb": section_cb,
+               "distributed": section_distributed}[opts.section]
     try:
         section(record, SIZES[opts.size], opts, deadline)
     except Exception as error:  # noqa: BLE001

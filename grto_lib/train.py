@@ -111,11 +111,13 @@ def grpo_args(config: TrainConfig, out: Path):
     on_gpu = torch.cuda.is_available()
     completions = config.prompts_per_step * config.num_generations
     micro_batch = config.micro_batch or completions
+    accumulation = completions // micro_batch
     return GRPOConfig(
         output_dir=str(out),
         max_steps=config.steps,
         per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=completions // micro_batch,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation * config.generate_every,
         num_generations=config.num_generations,
         learning_rate=config.policy_lr,
         lr_scheduler_type="constant_with_warmup",
@@ -226,13 +228,19 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
 
 
 def _parameters_in_sync(accelerator, policy, tool) -> dict:
-    """Whether every process ends with the same policy and tool parameters (fingerprints compared exactly)."""
+    """Whether every process ends with the same policy and tool parameters: per module, a fingerprint (sum, sum
+    of squares and a fixed random projection, in float64, one parameter at a time so a 3B model needs no copy)
+    is gathered from every process and compared exactly."""
     result = {"processes": accelerator.num_processes}
+    device = accelerator.device
     for name, module in (("policy", policy), ("tool", tool)):
-        flat = torch.cat([p.detach().float().flatten().cpu() for p in module.parameters()])
-        weights = torch.rand(len(flat), generator=torch.Generator().manual_seed(0))
-        fingerprint = torch.stack([flat.sum(), (flat * flat).sum(), (flat * weights).sum()])
-        gathered = accelerator.gather(fingerprint.to(accelerator.device).unsqueeze(0)).cpu()
+        fingerprint = torch.zeros(3, dtype=torch.float64, device=device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        for p in module.parameters():
+            x = p.detach().to(device, torch.float64).flatten()
+            weights = torch.rand(x.numel(), generator=generator, device=device, dtype=torch.float64)
+            fingerprint += torch.stack([x.sum(), (x * x).sum(), (x * weights).sum()])
+        gathered = accelerator.gather(fingerprint.unsqueeze(0)).cpu()
         result[name] = bool((gathered == gathered[0]).all())
     return result
 

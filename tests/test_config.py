@@ -13,6 +13,7 @@ from grto_lib.config import TrainConfig
     ("tool_weighting", "top1", "uniform, advantage, positive"),
     ("steps", 0, "positive integer"),
     ("steps", "10", "positive integer"),
+    ("generate_every", 0, "positive integer"),
     ("num_generations", 1, "num_generations must be >= 2"),
     ("tool_lr", -1.0, "non-negative"),
     ("data_root", "/does/not/exist", "is not a folder"),
@@ -46,3 +47,5 @@ def test_micro_batch_must_divide_the_completions_of_a_step():
 
     args = grpo_args(TrainConfig(micro_batch=16), Path("/tmp/unused"))
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 4)
+    assert args.steps_per_generation == 4  # one generation call per optimizer step
+    assert grpo_args(TrainConfig(micro_batch=16, generate_every=3), Path("/tmp/unused")).steps_per_generation == 12

@@ -240,6 +240,22 @@ def test_micro_batches_accumulate_policy_and_tool_gradients(tmp_path):
     assert metrics["config"]["micro_batch"] == 4 and metrics["test"]["n"] == 8
 
 
+def test_generate_every_k_samples_k_steps_of_rollouts_in_one_generation_call(tmp_path):
+    trainer = _trainer(tmp_path, method="grto", generate_every=2, micro_batch=4)
+    calls, inner = [], trainer._generate_single_turn
+
+    def counting(prompt_ids, *args, **kwargs):
+        calls.append(len(prompt_ids))
+        return inner(prompt_ids, *args, **kwargs)
+
+    trainer._generate_single_turn = counting
+    before = [p.detach().clone() for p in trainer.tool_parameters]
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert calls == [16]  # 2 steps x 2 prompts x 4 rollouts, sampled at once
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.tool_parameters))
+
+
 def test_grto_with_a_lora_policy_trains_only_the_adapter_and_the_tool(tmp_path):
     metrics = train(TrainConfig(method="grto", lora=True, output_dir=str(tmp_path), **dict(TINY, curve_every=0)))
     saved = sorted(p.name for p in (tmp_path / "final" / "policy").iterdir())
