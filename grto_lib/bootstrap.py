@@ -80,13 +80,17 @@ def load_bto_buffer(folder, expect_meta: dict | None = None) -> list[dict] | Non
 
 
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
-                   loss_kind: str = "bce_dice", seed: int = 0, log_every: int = 0) -> dict:
-    """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling).
+                   loss_kind: str = "bce_dice", seed: int = 0, log_every: int = 0, on_target: bool = False) -> dict:
+    """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling);
+    ``on_target``: only over those whose box covers the target (``losses.box_covers_target``).
 
     Returns ``{"losses": [per-step loss], "seconds": wall time, "valid_rollouts": n}``.
     """
     start = time.perf_counter()
     usable = [r for r in records if r["valid"]]
+    if on_target:
+        usable = [r for r in usable if losses.box_covers_target(torch.tensor([r["bbox"]]),
+                                                                [dataset[r["sample_index"]].mask])[0]]
     if not usable:
         raise ValueError("the BTO buffer has no valid rollout: the reference policy never produced a parseable "
                          "answer, so there is nothing to bootstrap the tool on")

@@ -13,7 +13,7 @@ from pathlib import Path
 DATASETS = ("reasonseg", "cod", "earthreason")
 METHODS = ("grpo", "grto", "b-grto")
 PRESETS = ("tiny", "paper")
-TOOL_WEIGHTINGS = ("uniform", "advantage", "positive")
+TOOL_WEIGHTINGS = ("uniform", "advantage", "positive", "on_target")
 TOOL_LOSSES = ("bce_dice", "soft_iou")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,8 @@ class TrainConfig:
     tool_loss: str = "bce_dice"
     """Differentiable surrogate of mask IoU: bce_dice | soft_iou."""
     tool_weighting: str = "uniform"
-    """How rollouts weigh in the tool loss: uniform (unbiased) | advantage | positive (ablations, biased)."""
+    """How rollouts weigh in the tool loss: uniform (unbiased) | advantage | positive | on_target (biased: only
+    rollouts whose box covers half the target; see losses.tool_loss_weights)."""
 
     # --- BTO: the bootstrap (b-grto only) -----------------------------------------------------------------
     bto_prompts: int = 256

@@ -15,13 +15,14 @@ the advantages computed from stop-gradient rewards and the tool prompted with st
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TOOL_LOSS_KINDS = ("bce_dice", "soft_iou")
-WEIGHT_SCHEMES = ("uniform", "advantage", "positive")
+WEIGHT_SCHEMES = ("uniform", "advantage", "positive", "on_target")
 
 
 def _nanstd(x: torch.Tensor, dim=None) -> torch.Tensor:
@@ -255,6 +256,20 @@ def rollout_tool_losses(logits, samples, kind: str = "bce_dice") -> torch.Tensor
     return tool_loss(logits, torch.stack(targets), ignore, kind)
 
 
+def box_covers_target(boxes: torch.Tensor, masks, min_cover: float = 0.5) -> torch.Tensor:
+    """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) holds at least ``min_cover`` of
+    the target's pixels. An empty target is never covered."""
+    covered = []
+    for box, mask in zip(boxes.detach().cpu().tolist(), masks):
+        mask = np.asarray(mask, dtype=bool)
+        h, w = mask.shape
+        x1, y1 = (int(np.clip(np.floor(v), 0, n)) for v, n in zip(box[:2], (w, h)))
+        x2, y2 = (int(np.clip(np.ceil(v), 0, n)) for v, n in zip(box[2:], (w, h)))
+        total = mask.sum()
+        covered.append(bool(total) and mask[y1:y2, x1:x2].sum() >= min_cover * total)
+    return torch.tensor(covered, dtype=torch.bool, device=boxes.device)
+
+
 def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform") -> torch.Tensor:
     r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
 
@@ -267,6 +282,9 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
       prompts, a direction with no bound.
     * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
       sign).
+    * ``on_target`` (biased): uniform over the valid rollouts whose box covers the target (the caller passes
+      ``valid & box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target from a
+      prompt that points elsewhere, which a policy whose boxes mostly miss would otherwise teach it.
 
     Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is
     selected every weight is 0, so the tool loss and its gradient vanish.
@@ -283,7 +301,7 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
     advantages = advantages.detach().to(dtype)
     if scheme != "uniform" and not torch.isfinite(advantages[valid]).all():
         raise ValueError("advantages of valid rollouts must be finite")
-    if scheme == "uniform":
+    if scheme in ("uniform", "on_target"):
         raw = valid.to(dtype)
     elif scheme == "positive":
         raw = (valid & (advantages > 0)).to(dtype)

@@ -6,8 +6,11 @@ compute (same steps, prompts per step and group size), adds the reference and or
 as extra RL steps), and writes to ``results/``:
 
 * ``table.md`` / ``table.csv``: test metrics, mean and standard deviation over seeds;
+* ``ablations.md``: single-seed variants: tool-loss weighting and lambda on ``reasonseg``, the compute-matched
+  GRTO control, and B-GRTO with the tool loss gated on rollouts whose box covers the target
+  (``tool_weighting="on_target"``) on ``cod`` and ``earthreason``;
 * ``curves_<dataset>.png``: test gIoU (fixed subset) against RL steps and against wall time, BTO included;
-* ``ablations.md``, ``bto_cost.md`` and ``summary.json`` (every number the tables and figures show).
+* ``bto_cost.md`` and ``summary.json`` (every number the tables and figures show).
 
 Runs execute as separate processes, one torch thread each, two at a time (2-core machines), in
 ``outputs/results_runs/`` (ignored by git); a finished run is not trained again, so the command resumes.
@@ -36,6 +39,8 @@ SEEDS = (0, 1, 2)
 COMMON = dict(steps=40, prompts_per_step=8, num_generations=8, train_size=2000, eval_size=200, curve_every=10,
               curve_size=64, save_steps=40, logging_steps=5)
 """Equal compute for every main run."""
+GATED_DATASETS = ("cod", "earthreason")
+"""Settings that also get a B-GRTO run (seed 0) with ``tool_weighting="on_target"``."""
 
 
 def plan() -> dict[str, TrainConfig]:
@@ -49,6 +54,9 @@ def plan() -> dict[str, TrainConfig]:
         runs[f"ablation_weighting_{weighting}"] = dict(dataset="reasonseg", method="grto", tool_weighting=weighting)
     for weight in (0.3, 3.0):
         runs[f"ablation_lambda_{weight}"] = dict(dataset="reasonseg", method="grto", tool_loss_weight=weight)
+    # The tool loss gated on rollouts whose box covers the target, where the policy's boxes mostly miss.
+    for dataset in GATED_DATASETS:
+        runs[f"gated_{dataset}_b-grto"] = dict(dataset=dataset, method="b-grto", tool_weighting="on_target")
     # GRTO given B-GRTO's extra time: BTO costs about 60 s, about 20 RL steps at ~3 s a step on 2 CPU cores.
     runs["control_grto_plus_bto_time"] = dict(dataset="reasonseg", method="grto", steps=COMMON["steps"] + 20)
     return {name: TrainConfig(**{**COMMON, **overrides, "output_dir": str(RUNS_DIR / name)})
@@ -112,7 +120,7 @@ def summarize(reference: dict) -> dict:
         for name, row in rows.items():
             table_rows.append({"dataset": dataset, "run": name, **{k: row[k] for k in TABLE_COLUMNS if k in row}})
         _plot_curves(plt, dataset, curves, rows)
-    for name in [n for n in plan() if n.startswith(("ablation_", "control_"))]:
+    for name in [n for n in plan() if n.startswith(("ablation_", "control_", "gated_"))]:
         m = _metrics(name)
         summary["ablations"][name] = {"test": m["test"], "curve": m["curve"], "timing": m["timing"]}
     _write_tables(table_rows, summary)

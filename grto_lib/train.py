@@ -292,7 +292,8 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
     if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
-                            batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed)
+                            batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed,
+                            on_target=config.tool_weighting == "on_target")
     save_tool_state(tool, None, tool_dir)
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
                "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],

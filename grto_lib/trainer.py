@@ -148,6 +148,10 @@ class GRTOTrainer(GRPOTrainer):
     def tool_loss(self, inputs) -> torch.Tensor:
         """``sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` over this micro-batch's rollouts."""
         valid = inputs["tool_valid"]
+        if self.tool_weighting == "on_target":
+            by_index = self.scorer.samples(inputs["tool_sample_index"].tolist())
+            masks = [by_index[i].mask for i in inputs["tool_sample_index"].tolist()]
+            valid = valid & losses.box_covers_target(inputs["tool_boxes"], masks)
         weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting)
         rows = torch.nonzero(weights > 0).flatten()
         if len(rows) == 0:
