@@ -93,7 +93,8 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
                                                                 [dataset[r["sample_index"]].mask])[0]]
     if not usable:
         raise ValueError("the BTO buffer has no valid rollout: the reference policy never produced a parseable "
-                         "answer, so there is nothing to bootstrap the tool on")
+                         "answer" + (" whose box covers the target (tool_weighting='on_target')" if on_target else "")
+                         + ", so there is nothing to bootstrap the tool on")
     distinct = sorted({r["sample_index"] for r in usable})
     row_of = {index: row for row, index in enumerate(distinct)}
     samples = [dataset[i] for i in distinct]
