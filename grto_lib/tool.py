@@ -45,6 +45,9 @@ TRAINABLE = ("decoder", "decoder+prompt", "all")
 WEIGHTS_FILE = "tool.safetensors"
 CONFIG_FILE = "tool_config.json"
 FOURIER_MATRIX = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+ENCODER_BATCH = 8
+"""Images per image-encoder forward in ``SegmentationTool.embed``: SAM ViT-H's global-attention blocks take about
+1 GiB per 1024 px image, and 32 images at once ran out of memory on an 80 GB H100 (docs/benchmarks.md)."""
 
 # The image encoders of segment_anything's build_sam_vit_{b,l,h}: (embed dim, depth, heads, global-attention blocks).
 _VIT_ENCODERS = {
@@ -252,7 +255,7 @@ class SegmentationTool(nn.Module):
             module.requires_grad_(name in parts)
         self.config = dataclasses.replace(self.config, trainable=trainable)
 
-    def embed(self, images: list[np.ndarray], batch_size: int | None = None) -> torch.Tensor:
+    def embed(self, images: list[np.ndarray], batch_size: int = ENCODER_BATCH) -> torch.Tensor:
         """Image embeddings ``[n, C, g, g]`` of ``n`` distinct H x W x 3 uint8 images (sizes may differ).
 
         Each image is resized so its longest side is ``image_size`` (SAM's ``ResizeLongestSide``), normalised
@@ -272,9 +275,8 @@ class SegmentationTool(nn.Module):
         batch = torch.stack(inputs)
         encoder = self.sam.image_encoder
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
-        step = batch_size or len(batch)
         with torch.set_grad_enabled(grad):
-            return torch.cat([encoder(batch[i:i + step]) for i in range(0, len(batch), step)])
+            return torch.cat([encoder(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
 
     def _to_input_frame(self, coords: torch.Tensor, image_index: torch.Tensor, image_hw) -> torch.Tensor:
         """Pixels ``(..., 2)`` (x, y) of each sample's original image -> pixels of the encoder's padded input."""

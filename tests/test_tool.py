@@ -132,6 +132,17 @@ def test_encoder_runs_once_per_image_whatever_the_number_of_rollouts():
     assert calls == [2]
 
 
+def test_embed_encodes_at_most_encoder_batch_images_at_once_with_the_same_result():
+    from grto_lib.tool import ENCODER_BATCH
+    tool = make_tool()
+    calls = []
+    tool.sam.image_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    images = random_images(ENCODER_BATCH + 2)
+    chunked = tool.embed(images)
+    assert calls == [ENCODER_BATCH, 2]
+    torch.testing.assert_close(chunked, tool.embed(images, batch_size=len(images)), rtol=1e-4, atol=1e-5)
+
+
 def test_boxes_are_mapped_from_image_pixels_like_sams_resize_longest_side():
     tool = make_tool()  # image_size 64
     # 100 x 200 (H x W): longest side 200 -> 64, so x and y scale by 64/200 = 0.32 (SAM rounds 32.0 rows)
