@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import losses
+from .geometry import box_covers_target
 from .generation import generate_completions
 from .scorer import RolloutScorer
 
@@ -82,22 +83,23 @@ def load_bto_buffer(folder, expect_meta: dict | None = None) -> list[dict] | Non
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
                    loss_kind: str = "bce_dice", seed: int = 0, log_every: int = 0, on_target: bool = False) -> dict:
     """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling);
-    ``on_target``: only over those whose box covers the target (``losses.box_covers_target``).
+    ``on_target``: only over those whose box covers the target (``geometry.box_covers_target``).
 
     Returns ``{"losses": [per-step loss], "seconds": wall time, "valid_rollouts": n}``.
     """
     start = time.perf_counter()
     usable = [r for r in records if r["valid"]]
+    by_index = {i: dataset[i] for i in sorted({r["sample_index"] for r in usable})}
     if on_target:
-        usable = [r for r in usable if losses.box_covers_target(torch.tensor([r["bbox"]]),
-                                                                [dataset[r["sample_index"]].mask])[0]]
+        covers = box_covers_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
+        usable = [r for r, covered in zip(usable, covers) if covered]
     if not usable:
         raise ValueError("the BTO buffer has no valid rollout: the reference policy never produced a parseable "
                          "answer" + (" whose box covers the target (tool_weighting='on_target')" if on_target else "")
                          + ", so there is nothing to bootstrap the tool on")
     distinct = sorted({r["sample_index"] for r in usable})
     row_of = {index: row for row, index in enumerate(distinct)}
-    samples = [dataset[i] for i in distinct]
+    samples = [by_index[i] for i in distinct]
     device = next(tool.parameters()).device
     with torch.no_grad():
         embeddings = torch.cat([tool.embed([s.image for s in samples[i:i + 64]]) for i in range(0, len(samples), 64)])

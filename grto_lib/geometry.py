@@ -45,3 +45,17 @@ def box_iou(a, b) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def box_covers_target(boxes, masks, min_cover: float = 0.5) -> np.ndarray:
+    """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) holds at least ``min_cover`` of
+    the target's pixels. An empty target is never covered."""
+    covered = []
+    for box, mask in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), masks):
+        mask = np.asarray(mask, dtype=bool)
+        h, w = mask.shape
+        x1, x2 = np.clip([np.floor(box[0]), np.ceil(box[2])], 0, w).astype(int)
+        y1, y2 = np.clip([np.floor(box[1]), np.ceil(box[3])], 0, h).astype(int)
+        total = mask.sum()
+        covered.append(bool(total) and mask[y1:y2, x1:x2].sum() >= min_cover * total)
+    return np.array(covered, dtype=bool)

@@ -15,7 +15,6 @@ the advantages computed from stop-gradient rewards and the tool prompted with st
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -256,20 +255,6 @@ def rollout_tool_losses(logits, samples, kind: str = "bce_dice") -> torch.Tensor
     return tool_loss(logits, torch.stack(targets), ignore, kind)
 
 
-def box_covers_target(boxes: torch.Tensor, masks, min_cover: float = 0.5) -> torch.Tensor:
-    """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) holds at least ``min_cover`` of
-    the target's pixels. An empty target is never covered."""
-    covered = []
-    for box, mask in zip(boxes.detach().cpu().tolist(), masks):
-        mask = np.asarray(mask, dtype=bool)
-        h, w = mask.shape
-        x1, y1 = (int(np.clip(np.floor(v), 0, n)) for v, n in zip(box[:2], (w, h)))
-        x2, y2 = (int(np.clip(np.ceil(v), 0, n)) for v, n in zip(box[2:], (w, h)))
-        total = mask.sum()
-        covered.append(bool(total) and mask[y1:y2, x1:x2].sum() >= min_cover * total)
-    return torch.tensor(covered, dtype=torch.bool, device=boxes.device)
-
-
 def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform") -> torch.Tensor:
     r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
 
@@ -283,7 +268,7 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
     * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
       sign).
     * ``on_target`` (biased): uniform over the valid rollouts whose box covers the target (the caller passes
-      ``valid & box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target from a
+      ``valid & geometry.box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target from a
       prompt that points elsewhere, which a policy whose boxes mostly miss would otherwise teach it.
 
     Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is

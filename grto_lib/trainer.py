@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import losses
+from .geometry import box_covers_target
 from .scorer import RolloutScorer
 from .tool import WEIGHTS_FILE, save_tool
 
@@ -148,18 +149,17 @@ class GRTOTrainer(GRPOTrainer):
     def tool_loss(self, inputs) -> torch.Tensor:
         """``sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` over this micro-batch's rollouts."""
         valid = inputs["tool_valid"]
+        index = inputs["tool_sample_index"].tolist()
+        by_index = self.scorer.samples(index)
         if self.tool_weighting == "on_target":
-            by_index = self.scorer.samples(inputs["tool_sample_index"].tolist())
-            masks = [by_index[i].mask for i in inputs["tool_sample_index"].tolist()]
-            valid = valid & losses.box_covers_target(inputs["tool_boxes"], masks)
+            covers = box_covers_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
+            valid = valid & torch.as_tensor(covers, device=valid.device)
         weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting)
         rows = torch.nonzero(weights > 0).flatten()
         if len(rows) == 0:
             self._metrics["train"]["tool/loss"].append(0.0)
             return torch.zeros((), device=valid.device)
-        index = inputs["tool_sample_index"][rows].tolist()
-        by_index = self.scorer.samples(index)
-        samples = [by_index[i] for i in index]
+        samples = [by_index[index[r]] for r in rows.tolist()]
         logits = self.tool.decode(inputs["tool_embeddings"][rows], torch.arange(len(rows), device=valid.device),
                                   inputs["tool_boxes"][rows].detach(), inputs["tool_points"][rows].detach(),
                                   [s.mask.shape for s in samples])

@@ -314,7 +314,7 @@ def test_uniform_weights():
 
 
 def test_box_covers_target_counts_the_target_pixels_inside_the_box():
-    from grto_lib.losses import box_covers_target
+    from grto_lib.geometry import box_covers_target
     mask = np.zeros((10, 10), dtype=bool)
     mask[2:6, 2:6] = True  # 16 pixels, x and y in 2..5
     boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0],   # all 16 inside

@@ -60,6 +60,42 @@ def test_bgrto_bootstraps_from_a_buffer_on_disk_and_reuses_it(tmp_path, monkeypa
     train(TrainConfig(method="b-grto", output_dir=str(fresh), **dict(TINY, steps=1)))
 
 
+def test_on_target_tool_loss_ignores_rollouts_whose_box_misses_the_target(tmp_path):
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.prompts import format_answer
+
+    trainer = _trainer(tmp_path, method="grto", tool_weighting="on_target")
+    scorer, sample = trainer.scorer, trainer.scorer.dataset[0]
+    scale = scorer.policy_image_size / sample.mask.shape[1]
+    hit = format_answer(mask_to_box(sample.mask) * scale, [[1, 1], [1, 1]])
+    miss = format_answer([0, 0, 2, 2], [[1, 1], [1, 1]])
+
+    def loss(texts):
+        scorer.score(texts, [0] * len(texts))
+        inputs = scorer.pop_tool_batch().as_dict()
+        return trainer.tool_loss({**inputs, "advantages": torch.zeros(len(texts))}).item()
+
+    assert loss([miss, miss]) == 0.0
+    assert loss([hit, miss]) > 0.0
+
+
+def test_bto_on_target_trains_only_on_rollouts_whose_box_covers_the_target():
+    from grto_lib.bootstrap import bootstrap_tool
+    from grto_lib.data import load_dataset
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.tool import load_tool, load_tool_config
+
+    dataset = load_dataset("reasonseg", "train", size=2)
+    tool = load_tool(load_tool_config(STANDINS_DIR / "tool"))
+    on, off = mask_to_box(dataset[0].mask).tolist(), [0.0, 0.0, 2.0, 2.0]
+    records = [{"sample_index": i, "valid": True, "bbox": box, "points": [[1.0, 1.0], [1.0, 1.0]]}
+               for i, box in ((0, on), (0, off), (1, off))]
+    assert bootstrap_tool(tool, dataset, records, steps=1)["valid_rollouts"] == 3
+    assert bootstrap_tool(tool, dataset, records, steps=1, on_target=True)["valid_rollouts"] == 1
+    with pytest.raises(ValueError, match="covers the target"):
+        bootstrap_tool(tool, dataset, records[1:], steps=1, on_target=True)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type):
     config = TrainConfig(method="grpo", loss_type=loss_type, output_dir=str(tmp_path), **dict(TINY, steps=1,
