@@ -724,9 +724,9 @@ def section_distributed(record, size, opts, deadline):
     """A short GRTO run under ``accelerate launch`` (or torchrun): every process builds the same random-init
     models, generates and scores its own prompts, and DDP / ``GRTOTrainer._step_tool`` average the policy's and
     the tool's gradients. After the last step, every process's policy and tool parameters are compared through
-    fingerprints (``grto_lib.train._parameters_in_sync``); throughput is completions per second of all processes."""
+    fingerprints (``grto_lib.train.parameters_in_sync``); throughput is completions per second of all processes."""
     from grto_lib.policy import PolicyConfig, wrap_lora
-    from grto_lib.train import _parameters_in_sync
+    from grto_lib.train import parameters_in_sync
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda() else torch.device("cpu")
@@ -745,7 +745,7 @@ def section_distributed(record, size, opts, deadline):
                       dataset, size["policy_px"], EncoderCounter(tool), prompts=opts.prompts, group=group,
                       steps=opts.steps, max_new_tokens=opts.max_new_tokens, micro_batch=group * opts.prompts,
                       bound_steps_per_s=bound,
-                      after_train=lambda trainer: {"in_sync": _parameters_in_sync(trainer.accelerator, policy, tool)})
+                      after_train=lambda trainer: {"in_sync": parameters_in_sync(trainer.accelerator, policy, tool)})
     steady = [s["seconds"] for s in row["per_step"][1:]] or [row["per_step"][0]["seconds"]]
     completions = processes * opts.prompts * group
     record("distributed/summary", processes=processes, completions_per_step=completions,

@@ -207,7 +207,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     final = out / "final"
     trainer.save_model(str(final / "policy"))
     accelerator = trainer.accelerator
-    in_sync = _parameters_in_sync(accelerator, policy, tool) if accelerator.num_processes > 1 else None
+    in_sync = parameters_in_sync(accelerator, policy, tool) if accelerator.num_processes > 1 else None
     if not accelerator.is_main_process:
         return {}
     processor.save_pretrained(str(final / "policy"))
@@ -227,7 +227,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     return metrics
 
 
-def _parameters_in_sync(accelerator, policy, tool) -> dict:
+def parameters_in_sync(accelerator, policy, tool) -> dict:
     """Whether every process ends with the same policy and tool parameters: per module, a fingerprint (sum, sum
     of squares and a fixed random projection, in float64, one parameter at a time so a 3B model needs no copy)
     is gathered from every process and compared exactly."""
