@@ -16,15 +16,5 @@ run grto --method grto &
 run bgrto --method b-grto &
 run grto_ontarget --method grto --tool-weighting on_target &
 wait
-python3 - <<'PY'
-import json, glob, os
-out = {}
-for d in sorted(glob.glob("/tmp/runs/*/")):
-    name = os.path.basename(d.rstrip("/"))
-    curve = [json.loads(l) for l in open(d + "curve.jsonl")] if os.path.exists(d + "curve.jsonl") else []
-    m = json.load(open(d + "metrics.json")) if os.path.exists(d + "metrics.json") else {}
-    out[name] = {"curve": curve, "test": m.get("test"), "timing": m.get("timing")}
-    print(name, m.get("test"), [(p["step"], round(p["giou"], 3), round(p["box_acc"], 3)) for p in curve])
-json.dump(out, open(os.environ["OUT"] + "/explore.json", "w"), indent=1)
-PY
+python3 benchmarks/collect_runs.py /tmp/runs $OUT/explore.json
 tail -n 3 /tmp/runs/*.log | cut -c1-300 > $OUT/tails.txt

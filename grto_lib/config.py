@@ -16,6 +16,7 @@ PRESETS = ("tiny", "paper")
 TOOL_WEIGHTINGS = ("uniform", "advantage", "positive", "on_target")
 TOOL_LOSSES = ("bce_dice", "soft_iou")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,6 +72,9 @@ class TrainConfig:
     """KL coefficient towards the reference policy (0: no reference model is kept)."""
     loss_type: str = "grpo"
     """TRL loss aggregation: grpo | dapo | dr_grpo | bnpo (set explicitly: TRL's default changes)."""
+    scale_rewards: str = "group"
+    """Advantage scaling (TRL): group (divide by the group's reward std, as in GRPO) | batch | none (Dr. GRPO:
+    the raw difference from the group mean)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
     max_completion_length: int = 56
@@ -124,6 +128,9 @@ class TrainConfig:
     """Log to the console and TensorBoard every this many steps."""
     reward_weights: dict = field(default_factory=dict)
     """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
+    box_threshold: float | None = None
+    """None: the box reward is the box IoU. A number t: the indicator IoU > t (Seg-Zero uses 0.5), which pays
+    nothing for a box that only grazes the target (the IoU pays an inflated box partial credit)."""
 
     def __post_init__(self):
         self.validate()
@@ -132,7 +139,7 @@ class TrainConfig:
         """Raise ValueError naming the field and its allowed values."""
         choices = {
             "dataset": DATASETS, "method": METHODS, "preset": PRESETS, "tool_weighting": TOOL_WEIGHTINGS,
-            "tool_loss": TOOL_LOSSES, "loss_type": LOSS_TYPES,
+            "tool_loss": TOOL_LOSSES, "loss_type": LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -156,6 +163,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
+        threshold = self.box_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0 <= threshold < 1):
+            raise ValueError(f"TrainConfig.box_threshold must be None or a number in [0, 1), got {threshold!r}")
         from .rewards import RewardWeights
         known = {f.name for f in dataclasses.fields(RewardWeights)}
         if not isinstance(self.reward_weights, dict) or set(self.reward_weights) - known:

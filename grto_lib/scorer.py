@@ -58,8 +58,10 @@ class RolloutScorer:
 
     TERMS = ("format", "answer", "box", "points", "mask")
 
-    def __init__(self, dataset, tool, policy_image_size: int, num_points: int = 2):
+    def __init__(self, dataset, tool, policy_image_size: int, num_points: int = 2,
+                 box_threshold: float | None = None):
         self.dataset = dataset
+        self.box_threshold = box_threshold  # rewards.box_reward: None = the box IoU, else the indicator IoU > it
         self.tool = tool
         self.policy_image_size = policy_image_size
         self.num_points = num_points
@@ -131,7 +133,8 @@ class RolloutScorer:
                 for name in ("box", "points", "mask"):
                     terms[name].append(0.0)
                 continue
-            terms["box"].append(rewards.box_reward(answer, mask_to_box(sample.mask), sample.mask.shape))
+            terms["box"].append(rewards.box_reward(answer, mask_to_box(sample.mask), sample.mask.shape,
+                                                    self.box_threshold))
             terms["points"].append(rewards.points_reward(answer, sample.mask))
             terms["mask"].append(rewards.mask_reward(pred_masks[i], sample.mask, sample.ignore))
 

@@ -124,7 +124,7 @@ def grpo_args(config: TrainConfig, out: Path):
         warmup_steps=min(5, config.steps),
         beta=config.beta,
         loss_type=config.loss_type,
-        scale_rewards="group",
+        scale_rewards=config.scale_rewards,
         epsilon=0.2,
         temperature=config.temperature,
         top_p=1.0,
@@ -152,7 +152,8 @@ def build_trainer(config: TrainConfig, policy, processor, tool, train_set, polic
     return GRTOTrainer(
         model=policy, processing_class=processor, args=grpo_args(config, repo_path(config.output_dir)),
         train_dataset=Dataset.from_list(to_trl_rows(train_set, policy_image_size)),
-        scorer=RolloutScorer(train_set, tool, policy_image_size), train_tool=config.trains_tool,
+        scorer=RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold),
+        train_tool=config.trains_tool,
         tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,
         tool_weighting=config.tool_weighting,
     )
@@ -316,7 +317,8 @@ def _to_builtin(value):
     return str(value)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> tuple[TrainConfig, int]:
+    """``(config, threads)`` from command-line flags: one flag per ``TrainConfig`` field, overriding ``--config``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a JSON file of TrainConfig fields (command-line flags override it)")
     for field in dataclasses.fields(TrainConfig):
@@ -325,16 +327,21 @@ def main(argv=None) -> None:
             parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"mask": 2.0}\'')
         elif field.type in ("bool",):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-        else:
-            kind = {"int": int, "float": float}.get(str(field.type), str)
+        else:  # "int", "float | None", "str | None", ...: the type before any "| None"
+            kind = {"int": int, "float": float}.get(str(field.type).split(" | ")[0], str)
             parser.add_argument(flag, type=kind, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: what 2-core machines need)")
     args = vars(parser.parse_args(argv))
-    torch.set_num_threads(args.pop("threads"))
+    threads = args.pop("threads")
     base = dataclasses.asdict(TrainConfig.from_json(args.pop("config"))) if args.get("config") else {}
     args.pop("config", None)
     overrides = {k: (None if v == "None" else v) for k, v in args.items() if v is not None}
-    config = TrainConfig(**{**base, **overrides})
+    return TrainConfig(**{**base, **overrides}), threads
+
+
+def main(argv=None) -> None:
+    config, threads = parse_args(argv)
+    torch.set_num_threads(threads)
     metrics = train(config)
     if metrics:  # the main process (others return {})
         print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=_to_builtin))

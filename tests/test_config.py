@@ -18,6 +18,9 @@ from grto_lib.config import TrainConfig
     ("tool_lr", -1.0, "non-negative"),
     ("data_root", "/does/not/exist", "is not a folder"),
     ("reward_weights", {"iou": 1.0}, "keys must be among"),
+    ("scale_rewards", "std", "group, batch, none"),
+    ("box_threshold", 1.0, "None or a number in \\[0, 1\\)"),
+    ("box_threshold", "0.5", "None or a number"),
 ])
 def test_bad_values_raise_with_the_field_name(field, value, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -49,3 +52,26 @@ def test_micro_batch_must_divide_the_completions_of_a_step():
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 4)
     assert args.steps_per_generation == 4  # one generation call per optimizer step
     assert grpo_args(TrainConfig(micro_batch=16, generate_every=3), Path("/tmp/unused")).steps_per_generation == 12
+
+
+def test_scale_rewards_choices_are_the_advantage_scalings_and_reach_trl():
+    from pathlib import Path
+
+    from grto_lib.config import SCALE_REWARDS
+    from grto_lib.losses import SCALES
+    from grto_lib.train import grpo_args
+
+    assert set(SCALE_REWARDS) == set(SCALES)
+    assert grpo_args(TrainConfig(scale_rewards="none"), Path("/tmp/unused")).scale_rewards == "none"
+
+
+def test_command_line_flags_are_typed_like_the_fields(tmp_path):
+    from grto_lib.train import parse_args
+
+    (tmp_path / "c.json").write_text(json.dumps({"method": "grto", "steps": 7}))
+    config, threads = parse_args(["--config", str(tmp_path / "c.json"), "--steps", "9", "--micro-batch", "16",
+                                  "--box-threshold", "0.5", "--scale-rewards", "none", "--lora", "true",
+                                  "--reward-weights", '{"mask": 3.0}', "--threads", "2"])
+    assert (config.method, config.steps, config.micro_batch, config.box_threshold) == ("grto", 9, 16, 0.5)
+    assert (config.scale_rewards, config.lora, config.reward_weights, threads) == ("none", True, {"mask": 3.0}, 2)
+    assert parse_args([])[0] == TrainConfig()

@@ -362,6 +362,40 @@ def test_textured_backgrounds_keep_the_objects():
     assert all(np.array_equal(TexturedBackgrounds(base, rate=0.0)[i].image, base[i].image) for i in range(5))
 
 
+def test_weak_label_mixture_mixes_worlds_and_mislabels_at_the_given_rate():
+    from grto_lib.data import SHAPES, load_dataset
+    from grto_lib.policy_standin import WeakLabelMixture
+
+    shares = {"shapes": 1, "reasonseg": 1, "cod": 1, "earthreason": 1}
+    mixture = WeakLabelMixture(shares, label_accuracy=0.7, size=400, image_size=128)
+    again = WeakLabelMixture(shares, label_accuracy=0.7, size=400, image_size=128)
+    kept, wrong, worlds = 0, 0, []
+    for i in range(400):
+        name, sample = mixture.world_of(i), mixture[i]
+        worlds.append(name)
+        scene = mixture.worlds[name].scene(i)
+        assert np.array_equal(sample.mask, again[i].mask) and sample.query == scene.sample.query
+        if name == "shapes":
+            assert np.array_equal(sample.mask, scene.sample.mask)  # explicit queries keep clean labels
+            continue
+        if np.array_equal(sample.mask, scene.sample.mask):
+            kept += 1
+            continue
+        wrong += 1  # a wrong label is another object of the scene, of the target's family when there is one
+        target = scene.objects[scene.target]
+        matches = [o for k, o in enumerate(scene.objects) if k != scene.target and np.array_equal(o.mask, sample.mask)]
+        assert matches
+        same_family = [o for k, o in enumerate(scene.objects) if k != scene.target and o.area >= 4 and (
+            o.kind == target.kind or (o.kind in SHAPES and target.kind in SHAPES))]
+        if same_family:
+            assert any(o.kind == target.kind or o.kind in SHAPES for o in matches)
+    assert all(60 < worlds.count(name) < 140 for name in shares)
+    assert 0.65 < kept / (kept + wrong) < 0.85  # 0.7, plus scenes without another object
+    # pretraining scenes (data seed 1) are not the scenes reinforcement learning trains on (seed 0)
+    rl = load_dataset("reasonseg", "train", size=400)
+    assert not any(np.array_equal(mixture.worlds["reasonseg"][i].image, rl[i].image) for i in range(20))
+
+
 def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
     from safetensors.torch import load_file
 
@@ -380,6 +414,10 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
     pretrain_policy_standin(tmp_path / "c", init_from=tmp_path / "a", **dict(kwargs, steps=1, texture_rate=1.0))
     c = load_file(tmp_path / "c" / "model.safetensors")
     assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
+    # a later stage can train on the weak-label mixture of several worlds instead
+    pretrain_policy_standin(tmp_path / "d", init_from=tmp_path / "a",
+                            **dict(kwargs, steps=1, worlds={"cod": 1.0, "earthreason": 1.0}, label_accuracy=0.7))
+    assert not torch.equal(a["lm_head.weight"], load_file(tmp_path / "d" / "model.safetensors")["lm_head.weight"])
     model, processor = load_policy(PolicyConfig(model_name_or_path=str(tmp_path / "a")))
     unk = processor.tokenizer.unk_token_id
     pizza = processor.tokenizer.convert_tokens_to_ids("pizza")  # a reasoning word no shapes query holds

@@ -79,6 +79,25 @@ def test_on_target_tool_loss_ignores_rollouts_whose_box_misses_the_target(tmp_pa
     assert loss([hit, miss]) > 0.0
 
 
+def test_box_threshold_turns_the_box_reward_into_an_indicator():
+    from grto_lib.data import load_dataset
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.prompts import format_answer
+    from grto_lib.rewards import box_reward, parse_answer
+    from grto_lib.tool import load_tool, load_tool_config
+
+    dataset = load_dataset("reasonseg", "train", size=1)
+    tool = load_tool(load_tool_config(STANDINS_DIR / "tool"))
+    box = mask_to_box(dataset[0].mask)  # policy view = image (128 px): no rescaling
+    texts = [format_answer(b, [[1, 1], [1, 1]]) for b in (box, box + [-8, -8, 8, 8])]
+    iou = box_reward(parse_answer(texts[1]), box, dataset[0].mask.shape)  # the grown box, clipped to the image
+    assert 0.0 < iou < 0.5
+    plain = RolloutScorer(dataset, tool, 128).score(texts, [0, 0])["box"]
+    assert plain == pytest.approx([1.0, iou], abs=1e-6)
+    assert RolloutScorer(dataset, tool, 128, box_threshold=0.5).score(texts, [0, 0])["box"] == [1.0, 0.0]
+    assert TrainConfig(box_threshold=0.5).box_threshold == 0.5
+
+
 def test_bto_on_target_trains_only_on_rollouts_whose_box_covers_the_target():
     from grto_lib.bootstrap import bootstrap_tool
     from grto_lib.data import load_dataset
@@ -96,10 +115,10 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_covers_the_target():
         bootstrap_tool(tool, dataset, records[1:], steps=1, on_target=True)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type):
-    config = TrainConfig(method="grpo", loss_type=loss_type, output_dir=str(tmp_path), **dict(TINY, steps=1,
-                         curve_every=0))
+@pytest.mark.parametrize("loss_type,scale", [("grpo", "group"), ("dapo", "none")])
+def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type, scale):
+    config = TrainConfig(method="grpo", loss_type=loss_type, scale_rewards=scale, output_dir=str(tmp_path),
+                         **dict(TINY, steps=1, curve_every=0))
     train_set, _ = load_splits(config)
     policy, processor, tool, size = load_models(config)
     trainer = build_trainer(config, policy, processor, tool, train_set, size)
@@ -132,7 +151,7 @@ def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type):
     weights = RewardWeights()
     per_term = trainer._logs["rewards"]
     total = sum(torch.tensor(list(per_term[name])) * getattr(weights, name) for name in RolloutScorer.TERMS)
-    expected = losses.group_advantages(total, config.num_generations)
+    expected = losses.group_advantages(total, config.num_generations, scale=scale)
     assert torch.allclose(seen["advantages"], expected, atol=1e-5)
 
 
