@@ -1,6 +1,6 @@
 #!/bin/bash
 # A stronger tiny policy stand-in, and 200-step GRPO / GRTO / B-GRTO runs from it on reasonseg (docs/benchmarks.md
-# section 6). Run from the repository root on a GPU machine with the wheels of docs/benchmarks.md ("Commands") in
+# section 5). Run from the repository root on a GPU machine with the wheels of docs/benchmarks.md ("Commands") in
 # .gpu/bench_wheels and OUT set to a folder.
 #   bash benchmarks/stronger_standin_tiny.sh build   # ~18 min on one GPU: three more stages from the committed
 #                                                    # stand-in -> outputs/standins_try/e0.7 (reports in OUT)
@@ -22,11 +22,11 @@ if [ "$1" = build ]; then
   exit
 fi
 mkdir -p /tmp/runs
+run() { name=$1; shift; timeout $LIMIT python3 -m grto_lib.train $C --output-dir /tmp/runs/$name "$@" > /tmp/runs/$name.log 2>&1; echo "$name rc=$?"; }
 if [ "$1" = big ]; then
-  export OMP_NUM_THREADS=4
+  export OMP_NUM_THREADS=4 LIMIT=500
   C="--policy-path $S/e0.7 --dataset reasonseg --method grpo --prompts-per-step 64 --steps 100 --curve-every 20 \
      --curve-size 64 --save-steps 1000 --logging-steps 10"
-  run() { name=$1; shift; timeout 500 python3 -m grto_lib.train $C --output-dir /tmp/runs/$name "$@" > /tmp/runs/$name.log 2>&1; }
   run p64_default &
   run p64_thr_nomask --box-threshold 0.5 --reward-weights '{"mask": 0.0}' &
   run p64_thr_nomask_lr1e-4 --box-threshold 0.5 --reward-weights '{"mask": 0.0}' --policy-lr 1e-4 &
@@ -34,9 +34,8 @@ if [ "$1" = big ]; then
   python3 benchmarks/collect_runs.py /tmp/runs $OUT/explore.json
   exit
 fi
-export OMP_NUM_THREADS=2
+export OMP_NUM_THREADS=2 LIMIT=520
 C="--policy-path $S/e0.7 --dataset reasonseg --steps 200 --curve-every 25 --curve-size 64 --save-steps 1000 --logging-steps 25"
-run() { name=$1; shift; timeout 520 python3 -m grto_lib.train $C --output-dir /tmp/runs/$name "$@" > /tmp/runs/$name.log 2>&1; echo "$name rc=$?"; }
 run grpo --method grpo &
 run grpo_lr1e-5 --method grpo --policy-lr 1e-5 &
 run grpo_lora1e-4 --method grpo --lora true --policy-lr 1e-4 &

@@ -268,8 +268,8 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
     * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
       sign).
     * ``on_target`` (biased): uniform over the valid rollouts whose box covers the target (the caller passes
-      ``valid & geometry.box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target from a
-      prompt that points elsewhere, which a policy whose boxes mostly miss would otherwise teach it.
+      ``valid & geometry.box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target
+      from a prompt that points elsewhere, which a policy whose boxes mostly miss would otherwise teach it.
 
     Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is
     selected every weight is 0, so the tool loss and its gradient vanish.

@@ -413,11 +413,11 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=None,
                         help="one stage: fit its steps into this many seconds (see pretrain_policy_standin)")
-    for name, kind in (("steps", int), ("batch_size", int), ("lr", float), ("warmup", int),
-                       ("unknown_word_rate", float), ("texture_rate", float), ("label_accuracy", float)):
+    overrides = (("steps", int), ("batch_size", int), ("lr", float), ("warmup", int), ("unknown_word_rate", float),
+                 ("texture_rate", float), ("label_accuracy", float), ("worlds", json.loads))
+    for name, kind in overrides:  # worlds: JSON shares, e.g. '{"shapes": 0.4, "cod": 0.6}'
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=f"one stage: override the stage's {name} (STAGE_1 / STAGE_2)")
-    parser.add_argument("--worlds", default=None, help='one stage: JSON shares, e.g. {"shapes": 0.4, "cod": 0.6}')
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data-loading workers are forked
     if args.stage == "both":
@@ -427,9 +427,7 @@ def main(argv=None) -> None:
         if args.stage == "2" and args.init_from is None:
             parser.error("--stage 2 needs --init-from (the stage-1 policy folder)")
         recipe = dict(STAGE_1 if args.stage == "1" else STAGE_2)
-        recipe.update({k: v for k in list(recipe) + ["label_accuracy"] if (v := getattr(args, k)) is not None})
-        if args.worlds:
-            recipe["worlds"] = json.loads(args.worlds)
+        recipe.update({k: v for k, _ in overrides if (v := getattr(args, k)) is not None})
         report = pretrain_policy_standin(
             args.out, seed=args.seed, init_from=args.init_from if args.stage == "2" else None, device=args.device,
             num_workers=args.workers, eval_size=args.eval_size, time_limit_s=args.time_limit, **recipe,

@@ -39,6 +39,8 @@ SEEDS = (0, 1, 2)
 GATED = "b-grto, on_target"
 """The row of B-GRTO with the tool loss gated on rollouts whose box covers the target (``tool_weighting=
 "on_target"``), on the settings in ``GATED_DATASETS``: there the policy's boxes mostly miss."""
+GATED_RUN = "b-grto-gated"
+"""The ``GATED`` row's runs are named ``{dataset}_b-grto-gated_s{seed}``."""
 COMMON = dict(steps=40, prompts_per_step=8, num_generations=8, train_size=2000, eval_size=200, curve_every=10,
               curve_size=64, save_steps=40, logging_steps=5)
 """Equal compute for every main run."""
@@ -59,7 +61,7 @@ def plan() -> dict[str, TrainConfig]:
         runs[f"ablation_lambda_{weight}"] = dict(dataset="reasonseg", method="grto", tool_loss_weight=weight)
     for dataset in GATED_DATASETS:
         for seed in SEEDS:
-            runs[f"{dataset}_b-grto-gated_s{seed}"] = dict(dataset=dataset, method="b-grto", seed=seed,
+            runs[f"{dataset}_{GATED_RUN}_s{seed}"] = dict(dataset=dataset, method="b-grto", seed=seed,
                                                           tool_weighting="on_target")
     # GRTO given B-GRTO's extra time: BTO costs about 60 s, about 20 RL steps at ~3 s a step on 2 CPU cores.
     runs["control_grto_plus_bto_time"] = dict(dataset="reasonseg", method="grto", steps=COMMON["steps"] + 20)
@@ -111,7 +113,7 @@ def summarize(reference: dict) -> dict:
         rows = {"reference": {k: (v, 0.0) for k, v in reference[dataset]["reference"].items()},
                 "oracle": {k: (v, 0.0) for k, v in reference[dataset]["oracle"].items()}}
         curves = {}
-        methods = {m: m for m in METHODS} | ({GATED: "b-grto-gated"} if dataset in GATED_DATASETS else {})
+        methods = {m: m for m in METHODS} | ({GATED: GATED_RUN} if dataset in GATED_DATASETS else {})
         for method, run_name in methods.items():
             runs = [_metrics(f"{dataset}_{run_name}_s{s}") for s in SEEDS]
             rows[method] = {k: _mean_std([r["test"][k] for r in runs]) for k in runs[0]["test"]}
