@@ -2,10 +2,12 @@
 
 No Qwen2.5-VL weights can be downloaded where this project is built and tested, so the tiny world makes its own
 "pretrained" policy. STAND-IN: it has seen only explicit queries ("the red circle", "the blue shape",
-"the star") about solid shapes. It writes the answer format on every synthetic world, and its boxes follow the
-named object (not one box for every image), with plenty of misses; it is weak on the reasoning queries of
-``reasonseg`` (words it never saw) and on camouflaged or aerial targets, which is what reinforcement learning
-is left to teach.
+"the star") about solid shapes. It writes the answer format on every synthetic world and boxes *a* shape of the
+scene, often precisely (not one box for every image). It does **not** follow its query: asked in turn for each
+object of a multi-object ``shapes`` scene by its name, it boxes the same object for every name in 85 % of scenes,
+and the named one no more often than a blind guess (``benchmarks/policy_headroom_tiny.py``, docs/benchmarks.md
+section 6). Reasoning words it never saw (``reasonseg``) are unreadable to it, and camouflaged or aerial targets
+are hard for it.
 
 Recipe (``pretrain_policy_standin``): next-token cross-entropy on the completion tokens only (the prompt and the
 image tokens carry no loss),
