@@ -106,8 +106,8 @@ def follows_query(model, processor, scenes: int = 300) -> dict:
     """Ask for every object of each multi-object ``shapes`` test scene by its explicit name ("the red circle").
 
     ``right_object``: the greedy box's best-matching object is the one named (``chance``: a blind guess);
-    ``same_object_for_every_query``: share of scenes where every query got the same object (a policy that reads
-    the query gets different objects for different names)."""
+    ``same_object_for_every_query``: share of scenes where every query got the same object, "none" counting as one
+    (a policy that reads the query gets different objects for different names)."""
     dataset = load_dataset("shapes", "test", size=scenes)
     requests, named = [], []
     for i in range(scenes):
