@@ -25,10 +25,6 @@ Three measurements on test splits:
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grto_lib.config import TrainConfig
 from grto_lib.data import SUPERLATIVES, load_dataset
 from grto_lib.generation import generate_completions
 from grto_lib.geometry import box_iou, mask_to_box
 from grto_lib.policy import PolicyConfig, load_policy
 from grto_lib.policy_standin import UNK
+from grto_lib.results import COMMON, run_one
 from grto_lib.rewards import parse_answer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,11 +69,16 @@ def picked_object(box, objects) -> int | None:
     return int(np.argmax(ious)) if max(ious) > 0.1 else None
 
 
+def erased_token_ids(model, tokenizer) -> set[int]:
+    """Tokens whose input embedding equals ``<|unk|>``'s (the words the stand-in never saw), ``<|unk|>`` excluded."""
+    embedding = model.get_input_embeddings().weight
+    unk = tokenizer.convert_tokens_to_ids(UNK)
+    return {i for i in range(len(embedding)) if i != unk and torch.equal(embedding[i], embedding[unk])}
+
+
 def read_and_pick(model, processor, world: str, samples: int, rollouts: int) -> dict:
     torch.manual_seed(0)
-    tokenizer = processor.tokenizer
-    embedding = model.get_input_embeddings().weight
-    unk = embedding[tokenizer.convert_tokens_to_ids(UNK)]
+    erased_ids = erased_token_ids(model, processor.tokenizer)
     dataset = load_dataset(world, "test", size=samples)
     scenes = [dataset.scene(i) for i in range(samples)]
     greedy = generate_completions(model, processor, [s.sample for s in scenes], 128)
@@ -83,8 +86,7 @@ def read_and_pick(model, processor, world: str, samples: int, rollouts: int) -> 
     rows = defaultdict(lambda: defaultdict(list))
     for scene, (g,), group in zip(scenes, greedy, sampled):
         hw, target = scene.sample.mask.shape, mask_to_box(scene.sample.mask)
-        ids = tokenizer(scene.sample.query, add_special_tokens=False)["input_ids"]
-        erased = any(torch.equal(embedding[i], unk) for i in ids)
+        erased = bool(erased_ids & set(processor.tokenizer(scene.sample.query, add_special_tokens=False)["input_ids"]))
         g_box = box_of(g, hw)
         s_boxes = [box_of(t, hw) for t in group]
         s_hits = [b is not None and box_iou(b, target) > 0.5 for b in s_boxes]
@@ -129,11 +131,9 @@ def follows_query(model, processor, scenes: int = 300) -> dict:
 def erased_rows_moved(reference, model, processor) -> dict:
     """How far ``model``'s input embeddings of the words ``reference`` erased (gave ``<|unk|>``'s embedding) have
     moved, how far apart they now are, and, for scale, the mean distance between known colour and shape words."""
-    tokenizer = processor.tokenizer
     before, after = reference.get_input_embeddings().weight, model.get_input_embeddings().weight
-    unk = tokenizer.convert_tokens_to_ids(UNK)
-    erased = [i for i in range(len(before)) if i != unk and torch.equal(before[i], before[unk])]
-    known = tokenizer.convert_tokens_to_ids(["red", "green", "blue", "circle", "square", "star"])
+    erased = sorted(erased_token_ids(reference, processor.tokenizer))
+    known = processor.tokenizer.convert_tokens_to_ids(["red", "green", "blue", "circle", "square", "star"])
     moved = (after[erased] - before[erased]).norm(dim=1)
     return {"erased_words": len(erased), "moved_mean": round(moved.mean().item(), 4),
             "moved_max": round(moved.max().item(), 4),
@@ -142,20 +142,15 @@ def erased_rows_moved(reference, model, processor) -> dict:
 
 
 def pool_run(pool: int, out: Path) -> dict:
-    folder = out / f"pool_{pool}"
-    command = [sys.executable, "-m", "grto_lib.train", "--dataset", "reasonseg", "--method", "grpo", "--steps", "40",
-               "--prompts-per-step", "8", "--num-generations", "8", "--train-size", str(pool), "--eval-size", "200",
-               "--curve-every", "0", "--logging-steps", "1", "--save-steps", "40", "--threads", "1",
-               "--output-dir", str(folder)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    config = TrainConfig(**{**COMMON, "method": "grpo", "dataset": "reasonseg", "train_size": pool,
+                            "curve_every": 0, "logging_steps": 1, "output_dir": str(out / f"pool_{pool}")})
+    _, seconds = run_one(f"pool_{pool}", config)
+    metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
     rewards = [e["reward"] for e in metrics["log_history"] if "reward" in e]
     return {"train_size": pool, "reward_first_5": round(float(np.mean(rewards[:5])), 3),
             "reward_last_5": round(float(np.mean(rewards[-5:])), 3),
             "test": {k: round(v, 3) for k, v in metrics["test"].items() if k in ("giou", "box_acc", "format_valid")},
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(seconds, 1)}
 
 
 def main():

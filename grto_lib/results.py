@@ -69,7 +69,9 @@ def plan() -> dict[str, TrainConfig]:
             for name, overrides in runs.items()}
 
 
-def _run_one(name: str, config: TrainConfig) -> tuple[str, float]:
+def run_one(name: str, config: TrainConfig) -> tuple[str, float]:
+    """Train ``config`` in its own process with one torch thread (log: ``output_dir/log.txt``); ``(name, seconds)``.
+    A folder that already holds ``metrics.json`` is not trained again (0 seconds)."""
     folder = Path(config.output_dir)
     if (folder / "metrics.json").is_file():
         return name, 0.0
@@ -86,7 +88,7 @@ def _run_one(name: str, config: TrainConfig) -> tuple[str, float]:
 def run_all(jobs: int = 2) -> None:
     runs = plan()
     with ThreadPoolExecutor(jobs) as pool:
-        for name, seconds in pool.map(lambda item: _run_one(*item), runs.items()):
+        for name, seconds in pool.map(lambda item: run_one(*item), runs.items()):
             print(f"{name}: {'done earlier' if not seconds else f'{seconds:.0f} s'}", flush=True)
 
 
