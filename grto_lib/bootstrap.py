@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import losses
-from .geometry import box_covers_target
+from .geometry import box_on_target
 from .generation import generate_completions
 from .scorer import RolloutScorer
 
@@ -36,14 +36,15 @@ META_FILE, ROLLOUTS_FILE = "meta.json", "rollouts.jsonl"
 
 
 def build_bto_buffer(policy, processor, tool, dataset, folder, *, n_prompts: int, generations: int,
-                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0,
+                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0,
                      meta: dict | None = None) -> list[dict]:
     """Sample ``generations`` rollouts for ``n_prompts`` random training prompts and write the buffer folder."""
     rng = np.random.default_rng(seed)
     indices = sorted(rng.choice(len(dataset), size=min(n_prompts, len(dataset)), replace=False).tolist())
     torch.manual_seed(seed)
     texts = generate_completions(policy, processor, [dataset[i] for i in indices], policy_image_size, n=generations,
-                                 do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens)
+                                 do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 batch_size=64)
     flat_index = [i for i, group in zip(indices, texts) for _ in group]
     flat_text = [t for group in texts for t in group]
     _, boxes, points, valid = RolloutScorer(dataset, tool, policy_image_size).parse(flat_text, flat_index)
@@ -83,7 +84,7 @@ def load_bto_buffer(folder, expect_meta: dict | None = None) -> list[dict] | Non
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
                    loss_kind: str = "bce_dice", seed: int = 0, log_every: int = 0, on_target: bool = False) -> dict:
     """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling);
-    ``on_target``: only over those whose box covers the target (``geometry.box_covers_target``).
+    ``on_target``: only over those whose box matches the target's (``geometry.box_on_target``).
 
     Returns ``{"losses": [per-step loss], "seconds": wall time, "valid_rollouts": n}``.
     """
@@ -91,11 +92,11 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
     usable = [r for r in records if r["valid"]]
     by_index = {i: dataset[i] for i in sorted({r["sample_index"] for r in usable})}
     if on_target:
-        covers = box_covers_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
+        covers = box_on_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
         usable = [r for r, covered in zip(usable, covers) if covered]
     if not usable:
         raise ValueError("the BTO buffer has no valid rollout: the reference policy never produced a parseable "
-                         "answer" + (" whose box covers the target (tool_weighting='on_target')" if on_target else "")
+                         "answer" + (" whose box matches the target (tool_weighting='on_target')" if on_target else "")
                          + ", so there is nothing to bootstrap the tool on")
     distinct = sorted({r["sample_index"] for r in usable})
     row_of = {index: row for row, index in enumerate(distinct)}

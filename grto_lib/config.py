@@ -17,6 +17,7 @@ TOOL_WEIGHTINGS = ("uniform", "advantage", "positive", "on_target")
 TOOL_LOSSES = ("bce_dice", "soft_iou")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
+POLICY_TRAIN = ("decoder", "all")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,6 +69,10 @@ class TrainConfig:
     """G: rollouts per prompt, the group the advantages are relative to."""
     policy_lr: float = 5e-5
     """Policy learning rate (AdamW, constant after warm-up)."""
+    policy_train: str = "decoder"
+    """Which policy weights RL updates (without LoRA): decoder (the language model's decoder layers, attention
+    and MLP; the vision tower, token embeddings and output head keep their pretrained values, as under the paper
+    preset's LoRA) | all."""
     beta: float = 0.0
     """KL coefficient towards the reference policy (0: no reference model is kept)."""
     loss_type: str = "grpo"
@@ -77,8 +82,9 @@ class TrainConfig:
     the raw difference from the group mean)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
-    max_completion_length: int = 56
-    """Longest completion in tokens (the tiny policy's answers take 36-37; a clipped answer fails the format)."""
+    max_completion_length: int = 128
+    """Longest completion in tokens (the tiny stand-in's take 55-100: its thought lists the objects it sees; a
+    clipped answer fails the format)."""
     micro_batch: int | None = None
     """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
     prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
@@ -97,12 +103,14 @@ class TrainConfig:
     """lambda: weight of the tool loss in the joint surrogate."""
     tool_loss: str = "bce_dice"
     """Differentiable surrogate of mask IoU: bce_dice | soft_iou."""
-    tool_weighting: str = "uniform"
-    """How rollouts weigh in the tool loss: uniform (unbiased) | advantage | positive | on_target (biased: only
-    rollouts whose box covers half the target; see losses.tool_loss_weights)."""
+    tool_weighting: str = "on_target"
+    """Which rollouts the tool loss (and BTO) trains on, see losses.tool_loss_weights: on_target (those whose box
+    matches the target's, box IoU > 0.5: the tool never sees the query, so it can only learn to follow prompts
+    that point at the target) | uniform (every valid rollout: the unbiased estimate of grad_phi J, which with an
+    unreliable policy teaches the tool to ignore its prompt) | advantage | positive (ablations)."""
 
     # --- BTO: the bootstrap (b-grto only) -----------------------------------------------------------------
-    bto_prompts: int = 256
+    bto_prompts: int = 128
     """Prompts whose reference-policy rollouts fill the BTO buffer."""
     bto_generations: int = 8
     """Rollouts per prompt in the BTO buffer."""
@@ -140,6 +148,7 @@ class TrainConfig:
         choices = {
             "dataset": DATASETS, "method": METHODS, "preset": PRESETS, "tool_weighting": TOOL_WEIGHTINGS,
             "tool_loss": TOOL_LOSSES, "loss_type": LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
+            "policy_train": POLICY_TRAIN,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -100,6 +100,9 @@ class Scene:
     objects: list[SceneObject]
     target: int
     """Index of the object the query refers to; ``sample.mask`` equals ``objects[target].mask``."""
+    query_kind: str
+    """How the query was made: "explicit" (every ``shapes`` query), a ``REASONSEG_KINDS`` or ``EARTHREASON_KINDS``
+    key, or "camouflage" (``cod``)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def _gen_shapes(rng, size: int):
         pass
     t = int(rng.integers(len(shapes)))
     query = _explicit_phrase(shapes[t], shapes, rng)
-    return _render_shapes(shapes, size, rng), query, _shape_objects(shapes), t
+    return _render_shapes(shapes, size, rng), query, _shape_objects(shapes), t, "explicit"
 
 
 # --- reasoning queries over the shapes world
@@ -388,7 +391,7 @@ def _gen_reasonseg(rng, size: int):
         found = _reasonseg_query(kind, shapes, rng, size)
         if found is not None:
             query, t = found
-            return _render_shapes(shapes, size, rng), query, _shape_objects(shapes), t
+            return _render_shapes(shapes, size, rng), query, _shape_objects(shapes), t, kind
     raise RuntimeError("could not generate a reasonseg scene")  # unreachable: explicit queries always succeed
 
 
@@ -431,7 +434,7 @@ def _gen_cod(rng, size: int):
                 discs.append((dx, dy, rd))
                 objects.append(SceneObject(kind, str(colour_name), COLOURS[colour_name], m))
                 break
-    return _finish(image, rng, noise=5.0), COD_QUERY, objects, 0
+    return _finish(image, rng, noise=5.0), COD_QUERY, objects, 0, "camouflage"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -653,7 +656,7 @@ def _gen_earthreason(rng, size: int):
         found = _earth_query(kind, objects, rng, size)
         if found is not None:
             query, t = found
-            return _render_aerial(objects, rng, size), query, objects, t
+            return _render_aerial(objects, rng, size), query, objects, t, kind
     raise RuntimeError("could not generate an earthreason scene")
 
 
@@ -685,10 +688,10 @@ class SyntheticDataset(Sequence):
             raise IndexError(f"index {i} out of range for {self.name}/{self.split} of size {self.size}")
         i %= self.size
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _NAME_CODE[self.name], _SPLIT_CODE[self.split], i]))
-        image, query, objects, t = _GENERATORS[self.name](rng, self.image_size)
+        image, query, objects, t, kind = _GENERATORS[self.name](rng, self.image_size)
         sample = Sample(image=image, query=query, mask=objects[t].mask.copy(), ignore=None,
                         id=f"{self.name}/{self.split}/{i:05d}")
-        return Scene(sample, objects, t)
+        return Scene(sample, objects, t, kind)
 
     def __repr__(self) -> str:
         return (f"SyntheticDataset(name={self.name!r}, split={self.split!r}, size={self.size}, "

@@ -6,11 +6,13 @@ For ``cod`` the COD metrics (S, E, wF, MAE) are added, computed on the tool's si
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from .generation import generate_completions
-from .geometry import mask_to_box, mask_to_points
+from .geometry import box_iou, mask_to_box, mask_to_points
 from .metrics import cod_scores, mask_iou, segmentation_scores
 from .scorer import RolloutScorer
 
@@ -48,7 +50,7 @@ def _scores(samples, probabilities, pred_boxes, with_cod: bool) -> dict:
 
 
 def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *, indices=None, with_cod=None,
-                    max_new_tokens: int = 56, batch_size: int = 32, return_records: bool = False):
+                    max_new_tokens: int = 128, batch_size: int = 32, return_records: bool = False):
     """Scores of the pipeline: ``giou``, ``ciou``, ``box_acc``, ``format_valid``, ``n``, ``n_missing`` (+ COD).
 
     With ``return_records``, also one dict per sample: ``id``, ``query``, ``completion``, ``valid``, ``box``,
@@ -88,7 +90,7 @@ def evaluate_oracle(tool, dataset, *, indices=None, with_points: bool = False, w
 
 
 def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, indices, group_size: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0) -> list[list[dict]]:
+                   temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0) -> list[list[dict]]:
     """For each sample, ``group_size`` sampled rollouts as training sees them: completion, box, points, the
     tool's mask and every reward term (``RolloutScorer``), plus the group-relative advantage."""
     from .losses import group_advantages
@@ -114,6 +116,98 @@ def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, 
                                                                  batch.points, scorer.pred_masks))
     ]
     return [rollouts[k * group_size:(k + 1) * group_size] for k in range(len(indices))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Does the policy pick the object its query names? (judged on synthetic scenes, whose objects are known)
+
+
+def _answer_box(text, image_hw, policy_image_size: int):
+    from .rewards import parse_answer
+
+    answer = parse_answer(text)
+    return None if answer is None else np.array(answer.in_image_pixels(image_hw, policy_image_size).bbox)
+
+
+def picked_object(box, objects) -> int | None:
+    """Index of the object whose tight box overlaps ``box`` most (box IoU > 0.1), or None (no box, or none near)."""
+    if box is None:
+        return None
+    ious = [box_iou(box, mask_to_box(o.mask)) for o in objects]
+    return int(np.argmax(ious)) if max(ious) > 0.1 else None
+
+
+def follows_query(policy, processor, policy_image_size: int, scenes: int = 120, max_new_tokens: int = 128,
+                  batch_size: int = 32) -> dict:
+    """Ask for every object of each multi-object ``shapes`` test scene by its explicit name ("the red circle").
+
+    ``right_object``: share of queries whose greedy box best matches the object named; ``chance``: what a blind
+    guess scores (mean of 1 / objects); ``same_object_for_every_query``: share of scenes where every name got the
+    same object (a policy that ignores the query scores 1.0 here)."""
+    from .data import load_dataset
+
+    dataset = load_dataset("shapes", "test", size=scenes)
+    requests, named = [], []
+    for i in range(scenes):
+        scene = dataset.scene(i)
+        for k, o in enumerate(scene.objects if len(scene.objects) > 1 else []):
+            requests.append(dataclasses.replace(scene.sample, query=f"the {o.colour} {o.kind}"))
+            named.append((i, k, scene.objects))
+    answers = generate_completions(policy, processor, requests, policy_image_size, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size)
+    right, picked = [], {}
+    for (i, k, objects), (text,), sample in zip(named, answers, requests):
+        p = picked_object(_answer_box(text, sample.mask.shape, policy_image_size), objects)
+        right.append(p == k)
+        picked.setdefault(i, set()).add(p)
+    return {"queries": len(right), "right_object": round(float(np.mean(right)), 3),
+            "chance": round(float(np.mean([1 / len(o) for _, _, o in named])), 3),
+            "same_object_for_every_query": round(float(np.mean([len(v) == 1 for v in picked.values()])), 3)}
+
+
+def selection_scores(policy, processor, dataset, policy_image_size: int, *, rollouts: int = 8, indices=None,
+                     temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0, batch_size: int = 32) -> dict:
+    """What reward can select from, per query kind of a synthetic ``dataset`` and over ``"all"``:
+    ``greedy_box_acc`` (box IoU > 0.5, greedy), ``greedy_right_object``, ``sampled_box_acc`` (mean over
+    ``rollouts`` samples at ``temperature``), ``pass_at_k`` (some sample has box IoU > 0.5) and ``chance``
+    (a blind pick among the scene's objects)."""
+    indices = _subset(dataset, indices)
+    scenes = [dataset.scene(i) for i in indices]
+    samples = [s.sample for s in scenes]
+    greedy = generate_completions(policy, processor, samples, policy_image_size, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size)
+    torch.manual_seed(seed)
+    sampled = generate_completions(policy, processor, samples, policy_image_size, n=rollouts, do_sample=True,
+                                   temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = {}
+    for scene, (g,), group in zip(scenes, greedy, sampled):
+        hw, target = scene.sample.mask.shape, mask_to_box(scene.sample.mask)
+        g_box = _answer_box(g, hw, policy_image_size)
+        hits = [b is not None and box_iou(b, target) > 0.5 for b in (_answer_box(t, hw, policy_image_size)
+                                                                      for t in group)]
+        values = {"greedy_box_acc": g_box is not None and box_iou(g_box, target) > 0.5,
+                  "greedy_right_object": picked_object(g_box, scene.objects) == scene.target,
+                  "sampled_box_acc": np.mean(hits), "pass_at_k": any(hits), "chance": 1 / len(scene.objects)}
+        for kind in (scene.query_kind, "all"):
+            for name, value in values.items():
+                rows.setdefault(kind, {}).setdefault(name, []).append(float(value))
+    return {kind: {"n": len(row["chance"]), **{k: round(float(np.mean(v)), 3) for k, v in row.items()}}
+            for kind, row in rows.items()}
+
+
+def standin_report(policy, processor, policy_image_size: int, eval_size: int = 200, rollouts: int = 8,
+                   batch_size: int = 32) -> dict:
+    """A tiny-world policy's grounding on every synthetic world: ``follows_query`` on ``shapes``, and
+    ``selection_scores`` over all queries of each world's first ``eval_size`` test samples (per query kind on
+    ``reasonseg``). ``batch_size``: completions generated at once."""
+    from .data import NAMES, load_dataset
+
+    report = {"follows_query": follows_query(policy, processor, policy_image_size, batch_size=batch_size)}
+    for world in NAMES:
+        scores = selection_scores(policy, processor, load_dataset(world, "test", size=eval_size), policy_image_size,
+                                  rollouts=rollouts, batch_size=batch_size)
+        report[world] = scores if world == "reasonseg" else scores["all"]
+    return report
 
 
 TABLE_COLUMNS = ("giou", "ciou", "box_acc", "format_valid", "S", "E_mean", "E_adp", "wF", "MAE", "n")

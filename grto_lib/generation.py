@@ -17,7 +17,7 @@ def _tokenizer(processor):
 
 @torch.no_grad()
 def generate_completions(model, processor, samples, policy_image_size: int, *, n: int = 1, do_sample: bool = False,
-                         temperature: float = 1.0, max_new_tokens: int = 56, batch_size: int = 32) -> list[list[str]]:
+                         temperature: float = 1.0, max_new_tokens: int = 128, batch_size: int = 32) -> list[list[str]]:
     """``n`` completions for each sample (a list of ``n`` strings per sample, in order)."""
     tokenizer = _tokenizer(processor)
     tokenizer.padding_side = "left"

@@ -47,15 +47,11 @@ def box_iou(a, b) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def box_covers_target(boxes, masks, min_cover: float = 0.5) -> np.ndarray:
-    """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) holds at least ``min_cover`` of
-    the target's pixels. An empty target is never covered."""
-    covered = []
-    for box, mask in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), masks):
-        mask = np.asarray(mask, dtype=bool)
-        h, w = mask.shape
-        x1, x2 = np.clip([np.floor(box[0]), np.ceil(box[2])], 0, w).astype(int)
-        y1, y2 = np.clip([np.floor(box[1]), np.ceil(box[3])], 0, h).astype(int)
-        total = mask.sum()
-        covered.append(bool(total) and mask[y1:y2, x1:x2].sum() >= min_cover * total)
-    return np.array(covered, dtype=bool)
+def box_on_target(boxes, masks, min_iou: float = 0.5) -> np.ndarray:
+    """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) matches the target's tight box,
+    box IoU > ``min_iou`` (the box-accuracy criterion). A box around the target and its neighbour, or around half
+    of it, does not: from such a prompt a tool that never sees the query cannot tell what to segment. An empty
+    target is never matched."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.array([bool(np.any(mask)) and box_iou(box, mask_to_box(np.asarray(mask, dtype=bool))) > min_iou
+                     for box, mask in zip(boxes, masks)], dtype=bool)

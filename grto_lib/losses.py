@@ -267,9 +267,11 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
       prompts, a direction with no bound.
     * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
       sign).
-    * ``on_target`` (biased): uniform over the valid rollouts whose box covers the target (the caller passes
-      ``valid & geometry.box_covers_target(...)`` as ``valid``). The tool then never learns to draw the target
-      from a prompt that points elsewhere, which a policy whose boxes mostly miss would otherwise teach it.
+    * ``on_target`` (biased; ``TrainConfig``'s default): uniform over the valid rollouts whose box matches the
+      target's (box IoU > 0.5; the caller passes ``valid & geometry.box_on_target(...)`` as ``valid``). The tool
+      does not see the query: from a box around another object, the only way to lower its loss is to stop
+      following the box. The uniform estimate includes those rollouts; with a policy that boxes the wrong object
+      half the time, it taught the tiny tool to ignore its prompts.
 
     Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is
     selected every weight is 0, so the tool loss and its gradient vanish.

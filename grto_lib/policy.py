@@ -1,18 +1,19 @@
-"""The policy: a Qwen2.5-VL that reads an image and a query, reasons, and writes a box and two points.
+"""The policy: a Qwen2.5-VL that reads an image and a query, reasons, and writes a box and points inside the object.
 
 ``load_policy(PolicyConfig) -> (model, processor)`` is the one entry point. Both presets give a
 ``transformers.Qwen2_5_VLForConditionalGeneration`` and a processor with the same call signature, so TRL's
-``GRPOTrainer`` (``processing_class=processor``), peft's LoRA and the notebooks never ask which one they hold:
+``GRPOTrainer`` (``processing_class=processor``), peft's LoRA and the notebooks never ask which one they hold
+(both run ``grto_lib.fast_qwen``'s fast paths, which compute the same numbers):
 
 - ``paper``: ``Qwen/Qwen2.5-VL-3B-Instruct`` (or a local copy) with its own processor, images fixed to
   ``policy_image_size`` squared pixels (840 x 840 = 30 x 30 merged tokens of 28 px), optionally wrapped in LoRA.
-- ``tiny``: the same model class with a tiny configuration (1.14M parameters) and a processor made of two
-  small parts written here, loaded from the stand-in folder that ``grto_lib.policy_standin`` builds:
+- ``tiny``: the same model class with a tiny configuration (the stand-in: 2.6M parameters) and a processor made of
+  two small parts written here, loaded from the stand-in folder that ``grto_lib.policy_standin`` builds:
 
   * ``CoordImageProcessor``: resizes to ``policy_image_size`` (128), normalises RGB to [-1, 1] and appends two
     channels holding each pixel's absolute position, ``x = 2 (c + 0.5) / W - 1`` and ``y = 2 (r + 0.5) / H - 1``
     (the vision tower's patch embedding takes ``in_channels = 5``). Rotary positions alone were not enough for a
-    briefly trained tiny model to ground (DESIGN.md section 7: it wrote the same box for every image); with
+    briefly trained tiny model to ground (it wrote the same box for every image); with
     the coordinates in the pixels, "where is the red circle" becomes "read the coordinates of the red patches".
     Pixels are laid out exactly as ``Qwen2VLImageProcessor`` lays them out: ``pixel_values`` has one row per
     8 x 8 patch, ``(grid_h * grid_w, C * temporal_patch_size * 8 * 8)``, rows ordered in 2 x 2 merge blocks,
@@ -48,6 +49,7 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from . import prompts
+from .fast_qwen import enable_fast_paths
 
 PRESETS = ("tiny", "paper")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DEFAULT_PATH = "data/standins/policy"
 """The tiny stand-in's folder, relative to the repository root."""
 PAPER_DEFAULT_PATH = "Qwen/Qwen2.5-VL-3B-Instruct"
-STANDIN_BUILD_COMMAND = "python -m grto_lib.policy_standin --out data/standins/policy --device cuda --workers 14"
+STANDIN_BUILD_COMMAND = "python -m grto_lib.standins --only policy --force"
 LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SPECIAL_TOKENS = (
@@ -321,7 +323,8 @@ def build_tiny_processor(corpus, image_size: int = 128) -> TinyQwenProcessor:
 
 def tiny_model_config(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
                       vision_hidden_size: int = 96, vision_depth: int = 2, vision_heads: int = 4) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL at tiny sizes (about 1.14M parameters with the defaults and the ~400-token vocabulary).
+    """Qwen2.5-VL at tiny sizes (about 1.2M parameters with these defaults and a ~400-token vocabulary; the stand-in
+    uses ``hidden_size=192, num_layers=6``: 2.6M).
 
     Vision: 8 px patches over 5 channels (RGB + x, y), 2 x 2 merge (a 128 px image -> 64 tokens), every block
     with full attention (``fullatt_block_indexes`` = all, window 256 px), merged into the text width.
@@ -360,6 +363,7 @@ def build_tiny_policy(corpus, image_size: int = 128, seed: int = 0, **sizes):
     processor = build_tiny_processor(corpus, image_size=image_size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(processor.tokenizer, **sizes))
+    enable_fast_paths(model)
     init_number_embeddings(model, processor.tokenizer)
     _set_generation_tokens(model, processor.tokenizer)
     return model, processor
@@ -406,6 +410,7 @@ def load_policy(config: PolicyConfig):
         model, processor = _load_tiny(config, dtype)
     else:
         model, processor = _load_paper(config, dtype)
+    enable_fast_paths(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.lora:

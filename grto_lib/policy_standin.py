@@ -1,52 +1,43 @@
-"""The tiny policy's stand-in for pretrained weights: a supervised warm start on the ``shapes`` world.
+"""The tiny policy's stand-in for pretrained weights: a Qwen2.5-VL that perceives, then selects.
 
 No Qwen2.5-VL weights can be downloaded where this project is built and tested, so the tiny world makes its own
-"pretrained" policy. STAND-IN: it has seen only explicit queries ("the red circle", "the blue shape",
-"the star") about solid shapes. It writes the answer format on every synthetic world and boxes *a* shape of the
-scene, often precisely (not one box for every image). It does **not** follow its query: asked in turn for each
-object of a multi-object ``shapes`` scene by its name, it boxes the same object for every name in 85 % of scenes,
-and the named one no more often than a blind guess (``benchmarks/policy_headroom_tiny.py``, docs/benchmarks.md
-section 6). Reasoning words it never saw (``reasonseg``) are unreadable to it, and camouflaged or aerial targets
-are hard for it.
+"pretrained" policy. STAND-IN for a capable but unreliable pretrained VLM: it reads explicit queries ("the red
+circle") reliably, and on reasoning queries ("the shape left of the blue one", "the building nearest the river",
+"the camouflaged object") it hesitates between the right object and one it confuses it with. Greedy decoding then
+often picks the wrong one, while a few samples nearly always contain the right one: reward has something to select.
+
+Every completion perceives, reads, then selects (``target_completion``)::
+
+    <think>purple triangle 38 46 75 79 ; blue cross 105 35 121 52 : the shape left of the blue one means
+    left of blue = purple triangle 38 46 75 79</think><answer>{"bbox": [38, 46, 75, 79], "points": [[56, 62]]}</answer>
+
+1. **perceive**: the candidate objects (``candidates``: every object of the scene, or on ``earthreason`` those of the
+   kinds the query names), left to right, each as its name (``object_name``) and its box in pixels of the policy
+   view;
+2. **read**: restate the query, then after ``means`` what it asks for in explicit words (``readings``);
+3. **select**: after ``=``, the chosen object's name and box; the answer is that box and one point inside the
+   object (``interior_point``).
+
+A thought that only restated the query did not teach a tiny model to read it (it boxed the same object whatever
+the name); listing what it sees first made the choice a lookup in its own words.
+
+Training data (``WeakLabelMixture``): scenes of every synthetic world, drawn with ``PRETRAIN_DATA_SEED`` (never a
+scene that reinforcement learning or evaluation uses). Explicit queries are labelled with their target. Every
+other query (``reasonseg``'s reasoning queries, ``cod``, ``earthreason``) is read right with probability
+``label_accuracy`` and otherwise misread in a consistent way (``readings``: a relation's reference object, the
+opposite superlative, a neighbour for an implicit attribute), a stand-in for the systematic mistakes a pretrained
+model brings to a new task. The perception part is always right.
 
 Recipe (``pretrain_policy_standin``): next-token cross-entropy on the completion tokens only (the prompt and the
-image tokens carry no loss),
-
-    completion = format_answer(mask_to_box(mask), mask_to_points(mask), think=query) + "<|im_end|>"
-
-on ``shapes`` training samples, half of whose queries hold 1-3 inserted ``<|unk|>`` words
-(``UnknownWordQueries``); AdamW, linear warm-up then cosine decay. Afterwards every word that never occurred in
-training gets ``<|unk|>``'s input embedding, so a reasoning query reads as known words among unknown ones and
-the answer format survives it. Two stages (``build_standin``):
-
-1. ``STAGE_1``: from a random ``build_tiny_policy`` model (number tokens start with ordered Fourier embeddings,
-   ``policy.init_number_embeddings``), 886 steps of 128 plain-background scenes; one H100, 168 s.
-2. ``STAGE_2``: 300 more steps of 16 scenes, half of them on random textured backgrounds
-   (``TexturedBackgrounds``); one CPU thread, 142 s. Without it the stand-in lost the answer format on the
-   textured ``cod`` and ``earthreason`` scenes (format validity 0.23 and 0.01).
+image tokens carry no loss), from a random ``build_tiny_policy`` model (number tokens start with ordered Fourier
+embeddings, ``policy.init_number_embeddings``); ``scenes`` training examples are built once (``build_batches``)
+and cycled in a new order every pass; AdamW, linear warm-up then cosine decay. The tokenizer holds one token per
+word of every synthetic query, and no embedding is tied to another, so no two query words read alike.
 
 A plain torch loop rather than TRL's ``SFTTrainer``: the loop is short and readable, makes the completion-only
-mask explicit, draws its batches from one seeded generator (the same seed gives the same weights on the CPU;
-on a GPU, up to the usual non-determinism of CUDA kernels) and needs no TRL where it runs (the GPU machine
-that built stage 1 has none).
-
-The committed stand-in (``data/standins/policy``: 1.14M parameters, fp32 safetensors, 4.4 MB) rebuilds with::
-
-    python -m grto_lib.policy_standin --out data/standins/policy --device cuda --workers 14
-
-Greedy decoding, 200 test samples each (mean box IoU, an unparseable answer counting 0):
-
-    world        format valid   box IoU   box IoU > 0.5
-    shapes           1.00         0.33        37.5 %
-    reasonseg        0.965        0.14        14.5 %
-    cod              1.00         0.04         1.0 %
-    earthreason      1.00         0.07         6.0 %
-
-Stage 1 alone on one CPU thread would take about an hour (0.9 s a step of 32).
-
-A stronger stand-in, not committed (docs/benchmarks.md section 5, ``benchmarks/stronger_standin_tiny.sh``):
-three more stages of 128-sample batches from ``WeakLabelMixture`` (every world, 70 % correct labels) raise greedy
-box accuracy to 0.545 on shapes and 0.32 on reasonseg. GRPO did not raise it further either.
+mask explicit and needs no TRL where it runs. ``python -m grto_lib.standins --only policy --force`` rebuilds the
+committed stand-in (``data/standins/policy``) on a GPU; ``data/standins/manifest.json`` records the machine, the
+time and what the stand-in scores.
 """
 from __future__ import annotations
 
@@ -56,107 +47,215 @@ import functools
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from .data import NAMES, SHAPES, load_dataset, query_corpus
-from .generation import generate_completions
-from .geometry import box_iou, mask_to_box, mask_to_points
-from .policy import MAX_NUMBER, PolicyConfig, build_tiny_policy, load_policy
-from .prompts import answer_to_image_pixels, build_messages, format_answer, policy_view
-from .rewards import parse_answer
+from .data import NAMES, RELATIONS, SHAPES, load_dataset, query_corpus
+from .geometry import mask_to_box
+from .policy import MAX_NUMBER, build_tiny_policy
+from .prompts import build_messages, format_answer, policy_view
 
 IMAGE_SIZE = 128
 """Side of the policy view the stand-in reads (and of the synthetic images it trains on)."""
-TIMING_STEPS = (10, 50)
-"""Steps 11..50 are timed to fix the number of steps that fit ``time_limit_s`` (still inside the warm-up)."""
-UNK = "<|unk|>"
-
-
-class UnknownWordQueries(torch.utils.data.Dataset):
-    """``dataset`` with ``<|unk|>`` inserted into some queries, so the stand-in learns to keep the answer format
-    (and ground the words it knows) when a query holds words it never saw, as every reasoning query does.
-
-    Sample ``i``'s query gets, with probability ``rate``, 1-3 ``<|unk|>`` words at random positions; the draw is a
-    pure function of ``(seed, i)``. The target stays the same object (the known words still name it).
-    """
-
-    def __init__(self, dataset, rate: float, seed: int = 0):
-        self.dataset, self.rate, self.seed = dataset, rate, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        sample = self.dataset[i]
-        rng = np.random.default_rng([self.seed, int(i)])
-        if rng.random() >= self.rate:
-            return sample
-        words = sample.query.split()
-        for _ in range(int(rng.integers(1, 4))):
-            words.insert(int(rng.integers(0, len(words) + 1)), UNK)
-        return dataclasses.replace(sample, query=" ".join(words))
-
-
-class TexturedBackgrounds(torch.utils.data.Dataset):
-    """``shapes`` scenes whose plain background is, for a share ``rate`` of samples, replaced by a random texture.
-
-    A pretrained VLM has seen many kinds of images; a stand-in that saw only plain backgrounds loses even the
-    answer format on textured scenes (the ``cod`` and ``earthreason`` worlds). The textures are generic, drawn
-    from a per-sample generator seeded with ``(seed, i)``: blocks of 4-16 px from a random 4-colour palette,
-    a two-colour gradient, or random rectangles. The shapes, the query and the target are unchanged.
-    """
-
-    def __init__(self, dataset, rate: float, seed: int = 0):
-        self.dataset, self.rate, self.seed = dataset, rate, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        scene = self.dataset.scene(i)
-        sample = scene.sample
-        rng = np.random.default_rng([self.seed, int(i), 1])
-        if rng.random() >= self.rate:
-            return sample
-        h, w = sample.mask.shape
-        background = ~np.any([o.mask for o in scene.objects], axis=0)
-        image = sample.image.astype(np.float32)
-        texture = _random_texture(rng, h, w) + rng.normal(0, 5, (h, w, 3))
-        image[background] = texture[background]
-        return dataclasses.replace(sample, image=np.clip(np.rint(image), 0, 255).astype(np.uint8))
-
-
 PRETRAIN_DATA_SEED = 1
 """Data seed of the pretraining scenes; reinforcement learning and every evaluation use seed 0, so the stand-in
 never saw a scene it is trained or tested on later."""
+EARTH_KINDS = ("field", "building", "river", "lake", "road")
+"""The object kinds of ``earthreason``; its thoughts list the objects of the kinds a query names."""
+WORLD_SHARES = {"shapes": 0.3, "reasonseg": 0.3, "cod": 0.15, "earthreason": 0.25}
+"""Share of each synthetic world in the pretraining scenes."""
+MODEL_SIZES = {"hidden_size": 192, "num_layers": 6}
+"""``tiny_model_config`` overrides of the stand-in (2.6M parameters)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the stand-in writes
+
+
+def object_name(obj) -> str:
+    """How a thought names an object: "red circle", "green field", or its kind ("building", "river", "blob")."""
+    return f"{obj.colour} {obj.kind}" if obj.kind in SHAPES or obj.kind == "field" else obj.kind
+
+
+def candidates(scene) -> list[int]:
+    """Indices of the objects a thought lists, left to right (box centre x, then y).
+
+    ``earthreason`` scenes hold up to 16 objects; their thoughts list only the objects of the kinds the query
+    names ("the building nearest the river": the buildings and the river), which always include the target.
+    """
+    words = scene.sample.query.split()
+    earth = any(o.kind in EARTH_KINDS for o in scene.objects)
+    listed = [k for k, o in enumerate(scene.objects) if o.area > 0 and (not earth or o.kind in words)]
+    boxes = {k: mask_to_box(scene.objects[k].mask) for k in listed}
+    return sorted(listed, key=lambda k: ((boxes[k][0] + boxes[k][2]) / 2, (boxes[k][1] + boxes[k][3]) / 2))
 
 
 def _family(kind: str) -> str:
     return "shape" if kind in SHAPES else kind
 
 
+def confusion(scene) -> int | None:
+    """An object to put in the target's place: of the listed objects of the target's family (any shape for a shape;
+    another building for a building; for the camouflaged blob, any other object), the one listed right after the
+    target, or right before it when the target comes last. None when there is no such object."""
+    target = scene.objects[scene.target]
+    listed = candidates(scene)
+    same = [k for k in listed if k == scene.target or target.kind == "blob"
+            or _family(scene.objects[k].kind) == _family(target.kind)]
+    if len(same) < 2:
+        return None
+    j = same.index(scene.target)
+    return same[j + 1] if j + 1 < len(same) else same[j - 1]
+
+
+OPPOSITE = {"largest": "smallest", "smallest": "largest", "leftmost": "rightmost", "rightmost": "leftmost",
+            "topmost": "lowest", "lowest": "topmost"}
+"""The superlative a misreading puts in a superlative's place."""
+
+
+def _extreme(scene, word: str, among: list[int]) -> int:
+    """The object of ``among`` that is ``word`` ("largest", "leftmost", ...), by area or box centre."""
+    def value(k):
+        x1, y1, x2, y2 = mask_to_box(scene.objects[k].mask)
+        return {"largest": scene.objects[k].area, "smallest": -scene.objects[k].area, "leftmost": -(x1 + x2),
+                "rightmost": x1 + x2, "topmost": -(y1 + y2), "lowest": y1 + y2}[word]
+    return max(among, key=value)
+
+
+def _named(scene, words: list[str]) -> int:
+    """The object a reference phrase's words name ("blue", "blue circle", "circle", "river")."""
+    for k, o in enumerate(scene.objects):
+        if all(w in (o.colour, o.kind) for w in words):
+            return k
+    raise ValueError(f"no object of {scene.sample.id} is {' '.join(words)!r}")
+
+
+def readings(scene) -> tuple[str, str | None, int | None]:
+    """``(reading, misreading, misread_pick)``: what the query asks for in explicit words, and how the stand-in
+    misreads it, with the object the misreading leads to (None, None: no misreading for this query).
+
+    ========================  ================================  =========================================
+    query                     reading                           misreading (and the object it picks)
+    ========================  ================================  =========================================
+    the red circle            red circle                        none: explicit queries are read right
+    the shape like a coin     circle                            a neighbour's name (``confusion``)
+    the shape the colour of   green                             a neighbour's colour
+    grass
+    the largest shape         largest                           smallest (the smallest shape)
+    the shape left of the     left of blue                      blue (the reference itself)
+    blue one
+    the camouflaged object    blob                              a neighbour's name
+    the building nearest the  building nearest river            river (the reference)
+    river
+    the largest building      largest building                  smallest building
+    the green field           green field                       brown field (a neighbouring one)
+    the river                 river                             none
+    ========================  ================================  =========================================
+    """
+    query, kind, objects = scene.sample.query, scene.query_kind, scene.objects
+    words = [w for w in query.split() if w != "the"]
+    shapes = [k for k, o in enumerate(objects) if o.kind in SHAPES]
+    neighbour = confusion(scene)
+
+    def named(k):
+        return object_name(objects[k])
+
+    if kind == "explicit":
+        return " ".join(w for w in words if w != "shape"), None, None
+    if kind in ("implicit_shape", "implicit_colour", "camouflage"):
+        right = {"implicit_shape": objects[scene.target].kind, "implicit_colour": objects[scene.target].colour,
+                 "camouflage": "blob"}[kind]
+        if neighbour is None:
+            return right, None, None
+        wrong = objects[neighbour].colour if kind == "implicit_colour" else named(neighbour)
+        return right, wrong, neighbour
+    if kind == "superlative":
+        word = words[0]
+        return word, OPPOSITE[word], _extreme(scene, OPPOSITE[word], shapes)
+    if kind == "relation":
+        rel = next(r for r in RELATIONS if f" {r} " in f" {query} ")
+        reference = [w for w in query.split(rel, 1)[1].split() if w not in ("the", "one")]
+        return f"{rel} {' '.join(reference)}", " ".join(reference), _named(scene, reference)
+    # earthreason
+    what = words[0] if words[0] in EARTH_KINDS else words[1]
+    same_kind = [k for k, o in enumerate(objects) if o.kind == what]
+    if kind in ("building_size", "field_size"):
+        word = words[0]
+        return " ".join(words), f"{OPPOSITE[word]} {what}", _extreme(scene, OPPOSITE[word], same_kind)
+    if kind == "field_colour":
+        if neighbour is None:
+            return " ".join(words), None, None
+        return " ".join(words), named(neighbour), neighbour
+    landmark = next((w for w in reversed(words) if w in ("river", "lake", "road")), None)
+    if kind == "landmark" or landmark is None:
+        return " ".join(words), None, None
+    return " ".join(words), landmark, _named(scene, [landmark])
+
+
+def _view_box(mask, scale: float) -> list[int]:
+    return [int(round(v * scale)) for v in mask_to_box(mask)]
+
+
+def interior_point(mask, scale: float = 1.0) -> list[int]:
+    """The one point the stand-in answers with, ``[x, y]`` in pixels of the policy view (``scale`` = view / image):
+    the centre of its box, ``((x1 + x2) // 2, (y1 + y2) // 2)``, when that pixel is at least half as deep in the
+    mask as its deepest pixel (distance transform); otherwise the deep-enough pixel nearest it, ties in raster
+    order. For most shapes that is plain arithmetic on the box, which the policy can do; ``geometry.mask_to_points``
+    (the deepest pixel, then the deepest outside a disc around it) is ambiguous on symmetric shapes, and a stand-in
+    trained on it wrote its points with more entropy than anything else in its rollouts (docs/benchmarks.md, 7.3)."""
+    x1, y1, x2, y2 = _view_box(mask, scale)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    depth = ndimage.distance_transform_edt(mask)
+    deep = depth >= depth.max() / 2
+    h, w = mask.shape
+    row, col = min(int(cy / scale), h - 1), min(int(cx / scale), w - 1)
+    if deep[row, col]:
+        return [cx, cy]
+    ys, xs = np.nonzero(deep)
+    k = np.argmin((xs - col) ** 2 + (ys - row) ** 2)
+    return [int((xs[k] + 0.5) * scale), int((ys[k] + 0.5) * scale)]
+
+
+def target_completion(scene, misread: bool = False, policy_image_size: int = IMAGE_SIZE) -> str:
+    """The completion the stand-in learns for ``scene``: list the candidates, restate the query, write what it
+    reads in it (``readings``; its misreading when ``misread`` and there is one), name the object that reading
+    picks with its box, and answer with that box and a point inside it."""
+    reading, misreading, misread_pick = readings(scene)
+    pick = scene.target
+    if misread and misreading is not None:
+        reading, pick = misreading, misread_pick
+    scale = policy_image_size / scene.sample.mask.shape[1]
+
+    def entry(k):
+        return f"{object_name(scene.objects[k])} " + " ".join(map(str, _view_box(scene.objects[k].mask, scale)))
+
+    listing = " ; ".join(entry(k) for k in candidates(scene))
+    think = f"{listing} : {scene.sample.query} means {reading} = {entry(pick)}"
+    mask = scene.objects[pick].mask
+    return format_answer(_view_box(mask, scale), [interior_point(mask, scale)], think=think)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training data
+
+
 class WeakLabelMixture(torch.utils.data.Dataset):
-    """Pretraining scenes from several synthetic worlds; every world but ``shapes`` carries weak labels.
+    """``size`` pretraining examples ``(sample, completion)`` from several synthetic worlds.
 
-    Sample ``i`` comes from world ``w`` with probability ``shares[w]`` (a pure function of ``(seed, i)``): scene ``i``
-    of ``w``'s train split drawn with data seed ``PRETRAIN_DATA_SEED``. Its label is the query's target with
-    probability ``label_accuracy`` and otherwise a wrong object of the same scene: another object of the target's
-    family (any shape for a shape; another building for a building) if the scene has one, else any other object
-    (a salient distractor for a camouflaged target); a scene with no other object keeps its target.
-
-    A stand-in for what a pretrained VLM brings to a new task: it has met such queries and scenes, and its answers
-    land on the right object more often than on any other (for ``label_accuracy > 1/2``), but not reliably. The
-    hope was that sampling then finds the right object often and reward teaches the policy to prefer it; in the
-    tiny world it did not (docs/benchmarks.md section 5). ``shapes`` (explicit queries, clean labels) keeps the
-    answer format and the boxes precise.
+    Example ``i`` comes from world ``w`` with probability ``shares[w]`` (a pure function of ``(seed, i)``): scene
+    ``i`` of ``w``'s train split drawn with data seed ``PRETRAIN_DATA_SEED``. Its completion (``target_completion``)
+    reads the query right when it is explicit; otherwise right with probability ``label_accuracy`` and with its
+    misreading (``readings``, when there is one) the rest of the time. ``sample.mask`` stays the true target.
     """
 
-    def __init__(self, shares: dict, label_accuracy: float, size: int, image_size: int, seed: int = 0):
+    def __init__(self, shares: dict, label_accuracy: float, size: int, image_size: int = IMAGE_SIZE, seed: int = 0):
+        unknown = set(shares) - set(NAMES)
+        if unknown:
+            raise ValueError(f"WeakLabelMixture: unknown worlds {sorted(unknown)}; choose among {NAMES}")
         self.names, self.shares = list(shares), np.array(list(shares.values()), dtype=float)
         self.shares /= self.shares.sum()
         self.worlds = {name: load_dataset(name, "train", size=size, image_size=image_size, seed=PRETRAIN_DATA_SEED)
@@ -166,73 +265,29 @@ class WeakLabelMixture(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _draw(self, i):
+    def draw(self, i) -> tuple[str, object, bool]:
+        """``(world, scene, misread)`` of example ``i``."""
         rng = np.random.default_rng([self.seed, int(i), 2])
-        return self.names[int(rng.choice(len(self.names), p=self.shares))], rng
-
-    def world_of(self, i) -> str:
-        """The world sample ``i`` is drawn from."""
-        return self._draw(i)[0]
+        name = self.names[int(rng.choice(len(self.names), p=self.shares))]
+        scene = self.worlds[name].scene(i)
+        return name, scene, bool(rng.random() >= self.label_accuracy)
 
     def __getitem__(self, i):
-        name, rng = self._draw(i)
-        scene = self.worlds[name].scene(i)
-        if name == "shapes" or rng.random() < self.label_accuracy:
-            return scene.sample
-        target = scene.objects[scene.target]
-        others = [o for k, o in enumerate(scene.objects) if k != scene.target and o.area >= 4]
-        family = [o for o in others if _family(o.kind) == _family(target.kind)]
-        if not (family or others):
-            return scene.sample
-        wrong = (family or others)[int(rng.integers(len(family or others)))]
-        return dataclasses.replace(scene.sample, mask=wrong.mask.copy())
+        _, scene, misread = self.draw(i)
+        return scene.sample, target_completion(scene, misread)
 
 
-def _random_texture(rng, h: int, w: int) -> np.ndarray:
-    kind = rng.integers(3)
-    if kind == 0:  # blocks of a palette around one base colour
-        block = int(rng.choice([4, 8, 16]))
-        palette = np.clip(rng.uniform(30, 220, 3) + rng.normal(0, 25, (4, 3)), 0, 255)
-        grid = palette[rng.integers(0, 4, (-(-h // block), -(-w // block)))]
-        return np.repeat(np.repeat(grid, block, 0), block, 1)[:h, :w]
-    if kind == 1:  # linear gradient between two colours
-        a, b = rng.uniform(0, 255, (2, 3))
-        angle = rng.uniform(0, 2 * math.pi)
-        yy, xx = np.mgrid[:h, :w] / max(h, w)
-        t = (xx * math.cos(angle) + yy * math.sin(angle))
-        t = (t - t.min()) / max(np.ptp(t), 1e-6)
-        return a + t[..., None] * (b - a)
-    base = rng.uniform(30, 220, 3)  # muted rectangles over a base colour
-    texture = np.empty((h, w, 3))
-    texture[:] = base
-    for _ in range(int(rng.integers(3, 9))):
-        x0, y0 = rng.integers(0, w), rng.integers(0, h)
-        colour = np.clip(base + rng.normal(0, 30, 3), 0, 255)
-        texture[y0:y0 + int(rng.integers(8, h // 2)), x0:x0 + int(rng.integers(8, w // 2))] = colour
-    return texture
-
-
-def target_completion(sample, policy_image_size: int = IMAGE_SIZE) -> str:
-    """The answer the stand-in learns for ``sample``: its query as the thought, the mask's box and two points
-    in pixels of the policy view."""
-    h, w = sample.mask.shape
-    scale = np.array([policy_image_size / w, policy_image_size / h])
-    box = mask_to_box(sample.mask).reshape(2, 2) * scale
-    points = mask_to_points(sample.mask) * scale
-    return format_answer(box.reshape(-1), points, think=sample.query)
-
-
-def supervised_batch(processor, samples, policy_image_size: int = IMAGE_SIZE) -> dict:
-    """Model inputs for ``samples`` with ``labels`` = the completion tokens (and the closing ``<|im_end|>``),
-    -100 elsewhere. Sequences are left-padded, so each completion sits at the end of its row."""
+def supervised_batch(processor, examples, policy_image_size: int = IMAGE_SIZE) -> dict:
+    """Model inputs for ``(sample, completion)`` pairs with ``labels`` = the completion tokens (and the closing
+    ``<|im_end|>``), -100 elsewhere. Sequences are left-padded, so each completion sits at the end of its row."""
     tokenizer = processor.tokenizer
     prompt = {}
     texts, images, completion_lengths = [], [], []
-    for sample in samples:
+    for sample, completion in examples:
         if sample.query not in prompt:
             messages = build_messages(sample.query)
             prompt[sample.query] = processor.apply_chat_template(messages, add_generation_prompt=True)
-        completion = target_completion(sample, policy_image_size) + tokenizer.eos_token
+        completion = completion + tokenizer.eos_token
         completion_lengths.append(len(tokenizer(completion, add_special_tokens=False)["input_ids"]))
         texts.append(prompt[sample.query] + completion)
         images.append(policy_view(sample.image, policy_image_size))
@@ -245,196 +300,133 @@ def supervised_batch(processor, samples, policy_image_size: int = IMAGE_SIZE) ->
     return batch
 
 
-@torch.no_grad()
-def evaluate_boxes(model, processor, dataset, policy_image_size: int = IMAGE_SIZE, batch_size: int = 64) -> dict:
-    """Greedy answers on ``dataset``: ``format_valid`` (share that ``parse_answer`` accepts), ``box_iou`` (mean,
-    an invalid answer counts 0), ``box_acc`` (share with IoU > 0.5), ``distinct_boxes`` (how many different
-    boxes were written: a policy that ignores the image writes one), ``n``, and the first completion as
-    ``example``."""
-    samples = [dataset[i] for i in range(len(dataset))]
-    texts = [group[0] for group in generate_completions(model, processor, samples, policy_image_size,
-                                                        max_new_tokens=64, batch_size=batch_size)]
-    ious, boxes = [], set()
-    for sample, text in zip(samples, texts):
-        answer = parse_answer(text)
-        if answer is None:
-            ious.append(0.0)
-            continue
-        boxes.add(tuple(answer.bbox))
-        box, _ = answer_to_image_pixels(answer.bbox, answer.points, sample.mask.shape, policy_image_size)
-        ious.append(box_iou(box, mask_to_box(sample.mask)))
-    ious = np.array(ious)
-    valid = sum(parse_answer(t) is not None for t in texts)
-    return {"format_valid": valid / len(texts), "box_iou": float(ious.mean()), "box_acc": float((ious > 0.5).mean()),
-            "distinct_boxes": len(boxes), "n": len(texts), "example": texts[0]}
+def build_batches(model, processor, dataset, batch_size: int, num_workers: int = 0, device: str = "cpu") -> list[dict]:
+    """``len(dataset) // batch_size`` batches of consecutive examples (``supervised_batch``), built once by
+    ``num_workers`` processes, each with the multimodal rotary ``position_ids`` the model would otherwise compute
+    at every forward (``get_rope_index``: a Python loop over the batch), moved to ``device``."""
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, range(len(dataset) // batch_size * batch_size)), batch_size=batch_size,
+        num_workers=num_workers, collate_fn=functools.partial(supervised_batch, processor),
+    )
+    batches = []
+    for batch in loader:
+        batch["position_ids"], _ = model.model.get_rope_index(
+            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"])
+        batches.append(batch.to(device))
+    return batches
 
 
-def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 886, batch_size: int = 128, lr: float = 1e-3,
-                            warmup: int = 200, weight_decay: float = 0.01, train_size: int = 100_000,
-                            unknown_word_rate: float = 0.5, texture_rate: float = 0.0, worlds: dict | None = None,
-                            label_accuracy: float = 1.0, init_from=None,
-                            device: str = "cpu", num_workers: int = 0, log_every: int = 100, eval_size: int = 200,
-                            time_limit_s: float | None = None) -> dict:
-    """Train the tiny policy stand-in (from scratch, or on from ``init_from``) and save it to ``out_dir``.
+def standin_corpus() -> list[str]:
+    """Every text whose words the stand-in's tokenizer must know: the synthetic queries and the object names."""
+    names = [f"{c} {k}" for c in ("red", "green", "blue", "yellow", "purple", "orange") for k in SHAPES]
+    return query_corpus() + names + ["green field", "brown field", "blob", "means", *EARTH_KINDS]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
+                            warmup: int = 200, weight_decay: float = 0.01, scenes: int = 61_440,
+                            worlds: dict | None = None, label_accuracy: float = 0.4, sizes: dict | None = None,
+                            device: str = "cpu", num_workers: int = 0, log_every: int = 100,
+                            eval_size: int = 200) -> dict:
+    """Train the tiny policy stand-in from a random initialisation and save it to ``out_dir``.
 
     Args:
         out_dir: folder for ``model.safetensors``, ``config.json``, ``generation_config.json`` and the processor
             files; nothing else is written there.
-        seed: initialisation and batch order (the ``shapes`` samples themselves are the data set's seed-0 draw).
-        steps: optimizer steps; each sees ``batch_size`` samples drawn with replacement from ``train_size``
-            ``shapes`` training samples.
+        seed: initialisation, the mixture's draws and the order of the batches.
+        steps: optimizer steps of ``batch_size`` examples, cycling over ``scenes`` examples built once.
         lr, warmup, weight_decay: AdamW, linear warm-up over ``warmup`` steps, then cosine decay to 0.
-        unknown_word_rate: share of training queries given ``<|unk|>`` words (``UnknownWordQueries``). After
-            training, every token that never occurred in a training input (the words only reasoning queries
-            use) gets ``<|unk|>``'s input embedding: the stand-in reads them as the unknown words it learned to
-            tolerate, and reinforcement learning starts them from one shared point.
-        texture_rate: share of training scenes drawn on a random textured background (``TexturedBackgrounds``).
-        worlds: None (``shapes`` only, as the committed recipe) or ``{world: share}`` to train on
-            ``WeakLabelMixture`` instead (``texture_rate`` then does not apply).
-        label_accuracy: with ``worlds``, the share of non-``shapes`` samples labelled with their true target.
-        init_from: None (random initialisation) or a policy folder to continue training (the second stage of the
-            committed recipe, see the module docstring).
+        worlds: ``{world: share}`` of the ``WeakLabelMixture`` (None: ``WORLD_SHARES``).
+        label_accuracy: share of non-explicit examples labelled with their true target.
+        sizes: ``tiny_model_config`` overrides (None: ``MODEL_SIZES``).
         device: "cpu" or "cuda".
-        num_workers: processes that draw and tokenize batches (0: in the training process). The batches and
-            their order do not depend on it.
+        num_workers: processes that build the batches (their content does not depend on it).
         log_every: print the running loss every this many steps.
-        eval_size: test samples of every synthetic world for the final greedy evaluation (0: skip).
-        time_limit_s: after ``TIMING_STEPS`` (still in the warm-up), shorten ``steps`` to what fits
-            in this many seconds at the measured rate; the cosine schedule then ends on time. The report's
-            ``steps`` rebuilds the same run without a time limit (batches are a prefix of the same draw).
+        eval_size: test samples per world for the report (``standin_report``; 0: skip).
 
-    Returns: ``{"steps", "train_seconds", "data_wait_seconds", "final_loss", "params", "tokens_never_seen",
-    "<world>_test": {...}}`` for every synthetic world (``evaluate_boxes`` on ``eval_size`` test samples).
+    Returns: ``{"steps", "params", "build_batches_seconds", "train_seconds", "final_loss", ...}`` plus, with
+    ``eval_size``, ``standin_report``'s scores.
     """
     torch.manual_seed(seed)
-    if init_from is None:
-        model, processor = build_tiny_policy(query_corpus(), image_size=IMAGE_SIZE, seed=seed)
-    else:
-        model, processor = load_policy(PolicyConfig(model_name_or_path=str(init_from), policy_image_size=IMAGE_SIZE))
+    model, processor = build_tiny_policy(standin_corpus(), image_size=IMAGE_SIZE, seed=seed,
+                                         **(MODEL_SIZES if sizes is None else sizes))
+    start = time.perf_counter()
+    mixture = WeakLabelMixture(WORLD_SHARES if worlds is None else worlds, label_accuracy, scenes, IMAGE_SIZE, seed)
+    batches = build_batches(model, processor, mixture, batch_size, num_workers, device)
     model.to(device).train()
-    if worlds is None:
-        scenes = TexturedBackgrounds(load_dataset("shapes", "train", size=train_size, image_size=IMAGE_SIZE),
-                                     texture_rate, seed)
-    else:
-        scenes = WeakLabelMixture(worlds, label_accuracy, train_size, IMAGE_SIZE, seed)
-    train = UnknownWordQueries(scenes, unknown_word_rate, seed)
-    order = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=steps * batch_size, generator=order)
-    batches = torch.utils.data.DataLoader(
-        train, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=functools.partial(supervised_batch, processor), pin_memory=device != "cpu",
-    )
+    built = time.perf_counter() - start
+    print(f"{len(batches)} batches of {batch_size} built in {built:.0f}s", flush=True)
+
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
 
-    total = steps  # may be shortened once, by time_limit_s, before the warm-up ends
-
     def schedule(step):
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    seen = torch.zeros(len(processor.tokenizer), dtype=torch.bool, device=device)
-    start, running, step, waiting = time.perf_counter(), None, 0, 0.0
-    ready = time.perf_counter()
-    for step, batch in enumerate(batches, start=1):
-        waiting += time.perf_counter() - ready
-        if step > total:
-            break
-        if step == TIMING_STEPS[0] + 1:
-            timed_from = time.perf_counter()  # the first steps also wait for the data workers to start
-        if time_limit_s is not None and step == TIMING_STEPS[1] + 1:
-            per_step = (time.perf_counter() - timed_from) / (TIMING_STEPS[1] - TIMING_STEPS[0])
-            total = max(step, min(steps, int((time_limit_s - (time.perf_counter() - start)) / per_step) + step))
-            print(f"{per_step * 1e3:.0f} ms/step: training {total} steps to fit {time_limit_s:.0f}s", flush=True)
-        batch = batch.to(device, non_blocking=True)
-        seen[batch["input_ids"].flatten()] = True
-        loss = model(**batch).loss
+    order = torch.Generator().manual_seed(seed)
+    start, sequence, window, logged = time.perf_counter(), [], 0.0, 0
+    for step in range(1, steps + 1):
+        if not sequence:
+            sequence = torch.randperm(len(batches), generator=order).tolist()
+        loss = model(**batches[sequence.pop()]).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % log_every == 0 or step == total:
+        window = window + loss.detach()  # read only when logged: reading waits for the GPU
+        if step % log_every == 0 or step == steps:
+            running, window, logged = (window / (step - logged)).item(), 0.0, step
             print(f"step {step:5d}  loss {running:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                  f"{time.perf_counter() - start:.0f}s (waiting for data {waiting:.0f}s)", flush=True)
-        ready = time.perf_counter()
-    step = min(step, total)
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
     train_seconds = time.perf_counter() - start
     model.eval()
-    seen[processor.tokenizer.convert_tokens_to_ids([str(n) for n in range(MAX_NUMBER + 1)])] = True  # keep their order
-    with torch.no_grad():
-        embeddings = model.get_input_embeddings().weight
-        embeddings[~seen] = embeddings[processor.tokenizer.unk_token_id].clone()
-    report = {"steps": step, "train_seconds": round(train_seconds, 1), "data_wait_seconds": round(waiting, 1),
-              "final_loss": running, "params": sum(p.numel() for p in model.parameters()),
-              "tokens_never_seen": int((~seen).sum())}
+    report = {"steps": steps, "params": sum(p.numel() for p in model.parameters()),
+              "build_batches_seconds": round(built, 1), "train_seconds": round(train_seconds, 1),
+              "final_loss": round(running, 4)}
     if eval_size:
-        for name in NAMES:
-            test = load_dataset(name, "test", size=eval_size, image_size=IMAGE_SIZE)
-            report[f"{name}_test"] = evaluate_boxes(model, processor, test)
+        from .evaluate import standin_report
+        start = time.perf_counter()
+        batch = 256 if device == "cuda" else 32
+        report.update(standin_report(model, processor, IMAGE_SIZE, eval_size, batch_size=batch))
+        report["eval_seconds"] = round(time.perf_counter() - start, 1)
     out_dir = Path(out_dir)
     model.to("cpu").float().save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return report
 
 
-STAGE_1 = dict(steps=886, batch_size=128, lr=1e-3, warmup=200, unknown_word_rate=0.5, texture_rate=0.0)
-"""From scratch on plain ``shapes`` scenes (the committed run: one H100, 168 s)."""
-STAGE_2 = dict(steps=300, batch_size=16, lr=3e-4, warmup=10, unknown_word_rate=0.5, texture_rate=0.5)
-"""Continued from stage 1 with half the scenes on textured backgrounds (the committed run: one CPU thread, 142 s)."""
-
-
-def build_standin(out_dir, seed: int = 0, device: str = "cuda", num_workers: int = 14, eval_size: int = 200) -> dict:
-    """The committed recipe: ``STAGE_1`` on ``device``, then ``STAGE_2`` on the CPU (as it was run), into ``out_dir``.
-
-    Returns ``{"stage_1": report, "stage_2": report}`` (``pretrain_policy_standin``'s reports; stage 1 is not
-    evaluated).
-    """
-    with tempfile.TemporaryDirectory() as stage_1_dir:
-        first = pretrain_policy_standin(stage_1_dir, seed=seed, device=device, num_workers=num_workers, eval_size=0,
-                                        **STAGE_1)
-        second = pretrain_policy_standin(out_dir, seed=seed, init_from=stage_1_dir, device="cpu",
-                                         eval_size=eval_size, **STAGE_2)
-    return {"stage_1": first, "stage_2": second}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/standins/policy", help="output folder")
-    parser.add_argument("--stage", choices=("both", "1", "2"), default="both",
-                        help="both: the committed two-stage recipe (stage 2 on the CPU); 1 or 2: one stage")
-    parser.add_argument("--init-from", default=None, help="stage 2 alone: the stage-1 policy folder to continue")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--workers", type=int, default=0, help="processes that build the batches")
     parser.add_argument("--eval-size", type=int, default=200)
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="one stage: fit its steps into this many seconds (see pretrain_policy_standin)")
-    overrides = (("steps", int), ("batch_size", int), ("lr", float), ("warmup", int), ("unknown_word_rate", float),
-                 ("texture_rate", float), ("label_accuracy", float), ("worlds", json.loads))
-    for name, kind in overrides:  # worlds: JSON shares, e.g. '{"shapes": 0.4, "cod": 0.6}'
+    parser.add_argument("--report", default=None, help="also write the report (JSON) to this file")
+    overrides = (("steps", int), ("batch_size", int), ("lr", float), ("warmup", int), ("scenes", int),
+                 ("label_accuracy", float), ("worlds", json.loads), ("sizes", json.loads))
+    for name, kind in overrides:  # worlds / sizes: JSON, e.g. '{"shapes": 0.4, "cod": 0.6}', '{"hidden_size": 192}'
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                            help=f"one stage: override the stage's {name} (STAGE_1 / STAGE_2)")
+                            help=f"override pretrain_policy_standin's {name}")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data-loading workers are forked
-    if args.stage == "both":
-        report = build_standin(args.out, seed=args.seed, device=args.device, num_workers=args.workers,
-                               eval_size=args.eval_size)
-    else:
-        if args.stage == "2" and args.init_from is None:
-            parser.error("--stage 2 needs --init-from (the stage-1 policy folder)")
-        recipe = dict(STAGE_1 if args.stage == "1" else STAGE_2)
-        recipe.update({k: v for k, _ in overrides if (v := getattr(args, k)) is not None})
-        report = pretrain_policy_standin(
-            args.out, seed=args.seed, init_from=args.init_from if args.stage == "2" else None, device=args.device,
-            num_workers=args.workers, eval_size=args.eval_size, time_limit_s=args.time_limit, **recipe,
-        )
-    print(json.dumps(report, indent=2))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the batch-building workers are forked
+    recipe = {k: v for k, _ in overrides if (v := getattr(args, k)) is not None}
+    report = pretrain_policy_standin(args.out, seed=args.seed, device=args.device, num_workers=args.workers,
+                                     eval_size=args.eval_size, **recipe)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
 
 
 if __name__ == "__main__":

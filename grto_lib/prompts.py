@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 SYSTEM_PROMPT = (
-    "You segment the object a query refers to. Think first, then answer with a bounding box and two "
-    "points inside the object, in pixels of the image."
+    "You segment the object a query refers to. Think first, then answer with a bounding box and points "
+    "inside the object, in pixels of the image."
 )
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -1,16 +1,17 @@
 """The paper's claims in miniature: ``python -m grto_lib.results`` (or ``make results``).
 
 Trains ``grpo``, ``grto`` and ``b-grto`` on the three synthetic settings with three seeds each at equal
-compute (same steps, prompts per step and group size), and on ``cod`` and ``earthreason`` also B-GRTO with the
-tool loss gated on rollouts whose box covers the target (``GATED``); adds the reference and oracle rows, the
-ablations on ``reasonseg`` (tool-loss weighting, lambda) and a compute-matched GRTO control (GRTO given
-B-GRTO's BTO time as extra RL steps), and writes to ``results/``:
+compute (same steps, prompts per step and group size); adds the reference and oracle rows, two single-seed
+ablations (the tool loss over every valid rollout, ``tool_weighting="uniform"``, instead of the default
+``on_target``: B-GRTO on ``reasonseg``, GRTO on ``cod``) and a compute-matched GRTO control (GRTO given B-GRTO's
+BTO time as extra RL steps), checks the stand-in policy (``evaluate.follows_query``), and writes to ``results/``:
 
 * ``table.md`` / ``table.csv``: test metrics, mean and standard deviation over seeds;
-* ``ablations.md``: single-seed variants: tool-loss weighting and lambda on ``reasonseg``, and the
-  compute-matched GRTO control;
-* ``curves_<dataset>.png``: test gIoU (fixed subset) against RL steps and against wall time, BTO included;
-* ``bto_cost.md`` and ``summary.json`` (every number the tables and figures show).
+* ``targets.md``: each claim the study is meant to show, the measured numbers and whether it holds;
+* ``ablations.md``, ``bto_cost.md``;
+* ``curves_<dataset>.png``: test gIoU (fixed subset) against RL steps and against wall time (BTO included), and
+  the training reward against RL steps;
+* ``summary.json``: every number the tables and figures show.
 
 Runs execute as separate processes, one torch thread each, two at a time (2-core machines), in
 ``outputs/results_runs/`` (ignored by git); a finished run is not trained again, so the command resumes.
@@ -36,16 +37,12 @@ RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "outputs" / "results_runs"
 METHODS = ("grpo", "grto", "b-grto")
 SEEDS = (0, 1, 2)
-GATED = "b-grto, on_target"
-"""The row of B-GRTO with the tool loss gated on rollouts whose box covers the target (``tool_weighting=
-"on_target"``), on the settings in ``GATED_DATASETS``: there the policy's boxes mostly miss."""
-GATED_RUN = "b-grto-gated"
-"""The ``GATED`` row's runs are named ``{dataset}_b-grto-gated_s{seed}``."""
-COMMON = dict(steps=40, prompts_per_step=8, num_generations=8, train_size=2000, eval_size=200, curve_every=10,
-              curve_size=64, save_steps=40, logging_steps=5)
+COMMON = dict(steps=20, prompts_per_step=8, num_generations=8, train_size=2000, eval_size=200, curve_every=5,
+              curve_size=32, save_steps=20, logging_steps=1)
 """Equal compute for every main run."""
-GATED_DATASETS = ("cod", "earthreason")
-"""Settings that also get the ``GATED`` row (three seeds)."""
+CONTROL_EXTRA_STEPS = 13
+"""The compute-matched control's extra RL steps: B-GRTO's BTO (128 prompts x 8 rollouts, 200 tool updates) took
+about 130 s on the 2-core machine with two runs at once, as long as about 13 GRTO steps of about 10 s."""
 
 
 def plan() -> dict[str, TrainConfig]:
@@ -55,16 +52,11 @@ def plan() -> dict[str, TrainConfig]:
         for method in METHODS:
             for seed in SEEDS:
                 runs[f"{dataset}_{method}_s{seed}"] = dict(dataset=dataset, method=method, seed=seed)
-    for weighting in ("advantage", "positive"):
-        runs[f"ablation_weighting_{weighting}"] = dict(dataset="reasonseg", method="grto", tool_weighting=weighting)
-    for weight in (0.3, 3.0):
-        runs[f"ablation_lambda_{weight}"] = dict(dataset="reasonseg", method="grto", tool_loss_weight=weight)
-    for dataset in GATED_DATASETS:
-        for seed in SEEDS:
-            runs[f"{dataset}_{GATED_RUN}_s{seed}"] = dict(dataset=dataset, method="b-grto", seed=seed,
-                                                          tool_weighting="on_target")
-    # GRTO given B-GRTO's extra time: BTO costs about 60 s, about 20 RL steps at ~3 s a step on 2 CPU cores.
-    runs["control_grto_plus_bto_time"] = dict(dataset="reasonseg", method="grto", steps=COMMON["steps"] + 20)
+    runs["ablation_reasonseg_b-grto_uniform_weighting"] = dict(dataset="reasonseg", method="b-grto",
+                                                               tool_weighting="uniform")
+    runs["ablation_cod_grto_uniform_weighting"] = dict(dataset="cod", method="grto", tool_weighting="uniform")
+    runs["control_reasonseg_grto_plus_bto_time"] = dict(dataset="reasonseg", method="grto",
+                                                        steps=COMMON["steps"] + CONTROL_EXTRA_STEPS)
     return {name: TrainConfig(**{**COMMON, **overrides, "output_dir": str(RUNS_DIR / name)})
             for name, overrides in runs.items()}
 
@@ -86,9 +78,15 @@ def run_one(name: str, config: TrainConfig) -> tuple[str, float]:
 
 
 def run_all(jobs: int = 2) -> None:
-    runs = plan()
+    """Train every run of ``plan()`` not finished yet, ``jobs`` at a time, the longest first (B-GRTO's bootstrap
+    costs about as much as ``CONTROL_EXTRA_STEPS`` RL steps), so that no long run is left alone at the end."""
+    def cost(item):
+        config = item[1]
+        return config.steps + (CONTROL_EXTRA_STEPS if config.method == "b-grto" else 0)
+
+    runs = sorted(plan().items(), key=cost, reverse=True)
     with ThreadPoolExecutor(jobs) as pool:
-        for name, seconds in pool.map(lambda item: run_one(*item), runs.items()):
+        for name, seconds in pool.map(lambda item: run_one(*item), runs):
             print(f"{name}: {'done earlier' if not seconds else f'{seconds:.0f} s'}", flush=True)
 
 
@@ -100,8 +98,13 @@ def _mean_std(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def training_rewards(metrics: dict) -> list[float]:
+    """The mean training reward of every logged step of a run (``metrics.json``'s ``log_history``)."""
+    return [entry["reward"] for entry in metrics["log_history"] if "reward" in entry]
+
+
 def summarize(reference: dict) -> dict:
-    """Aggregate the finished runs (and ``reference``: dataset -> {"reference", "oracle"} scores) into results/."""
+    """Aggregate the finished runs and ``reference`` (``reference_rows``) into results/."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,49 +112,91 @@ def summarize(reference: dict) -> dict:
     from .evaluate import TABLE_COLUMNS
 
     RESULTS_DIR.mkdir(exist_ok=True)
-    summary = {"datasets": {}, "ablations": {}, "bto_cost": {}}
+    summary = {"standin": reference["standin"], "datasets": {}, "ablations": {}, "bto_cost": {}, "rewards": {}}
     table_rows = []
     for dataset in DATASETS:
         rows = {"reference": {k: (v, 0.0) for k, v in reference[dataset]["reference"].items()},
                 "oracle": {k: (v, 0.0) for k, v in reference[dataset]["oracle"].items()}}
-        curves = {}
-        methods = {m: m for m in METHODS} | ({GATED: GATED_RUN} if dataset in GATED_DATASETS else {})
-        for method, run_name in methods.items():
-            runs = [_metrics(f"{dataset}_{run_name}_s{s}") for s in SEEDS]
+        curves, rewards = {}, {}
+        for method in METHODS:
+            runs = [_metrics(f"{dataset}_{method}_s{s}") for s in SEEDS]
             rows[method] = {k: _mean_std([r["test"][k] for r in runs]) for k in runs[0]["test"]}
             curves[method] = [r["curve"] for r in runs]
+            rewards[method] = [training_rewards(r) for r in runs]
             if method == "b-grto":
                 bto = [r["timing"]["bto_seconds"] for r in runs]
                 total = [r["timing"]["bto_seconds"] + r["timing"]["rl_seconds_excluding_eval"] for r in runs]
                 summary["bto_cost"][dataset] = {"bto_seconds": _mean_std(bto),
                                                 "share_of_bgrto_time": _mean_std(np.divide(bto, total))}
-        summary["datasets"][dataset] = {"rows": rows, "curves": curves}
+        summary["datasets"][dataset] = {"rows": rows, "curves": curves, "rewards": rewards}
         for name, row in rows.items():
             table_rows.append({"dataset": dataset, "run": name, **{k: row[k] for k in TABLE_COLUMNS if k in row}})
-        _plot_curves(plt, dataset, curves, rows)
+        _plot_curves(plt, dataset, curves, rewards, rows)
     for name in [n for n in plan() if n.startswith(("ablation_", "control_"))]:
         m = _metrics(name)
-        summary["ablations"][name] = {"test": m["test"], "curve": m["curve"], "timing": m["timing"]}
+        summary["ablations"][name] = {"test": m["test"], "curve": m["curve"], "timing": m["timing"],
+                                      "steps": m["config"]["steps"], "rewards": training_rewards(m)}
+    for name in plan():
+        r = training_rewards(_metrics(name))
+        summary["rewards"][name] = {"first_5": float(np.mean(r[:5])), "last_5": float(np.mean(r[-5:]))}
+    summary["targets"] = check_targets(summary)
     _write_tables(table_rows, summary)
     (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _plot_curves(plt, dataset, curves, rows) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+def check_targets(summary: dict) -> list[dict]:
+    """Each claim of the study, with the measured numbers and whether it holds (``targets.md``)."""
+    rows = {d: summary["datasets"][d]["rows"] for d in DATASETS}
+    giou = {d: {m: rows[d][m]["giou"][0] for m in ("reference", *METHODS)} for d in DATASETS}
+    box = rows["reasonseg"]["grpo"]["box_acc"][0] - rows["reasonseg"]["reference"]["box_acc"][0]
+    follows = summary["standin"]["follows_query"]["right_object"]
+    falling = [n for n, r in summary["rewards"].items() if not r["last_5"] > r["first_5"]]
+    gain = float(np.mean([giou[d]["b-grto"] - giou[d]["grpo"] for d in DATASETS]))
+    targets = [
+        ("the stand-in follows its query: right object >= 0.9 (follows_query)", f"{follows:.3f}", follows >= 0.9),
+        ("GRPO on reasonseg: test box accuracy >= reference + 0.10", f"{box:+.3f}", box >= 0.10),
+        ("GRPO on reasonseg: test gIoU >= reference + 0.05",
+         f"{giou['reasonseg']['grpo'] - giou['reasonseg']['reference']:+.3f}",
+         giou["reasonseg"]["grpo"] - giou["reasonseg"]["reference"] >= 0.05),
+        ("training reward: mean of the last 5 logged steps above the first 5, in every run",
+         f"{len(summary['rewards']) - len(falling)} of {len(summary['rewards'])} runs"
+         + (f" (not: {', '.join(falling)})" if falling else ""), not falling),
+    ]
+    for d in DATASETS:
+        g = giou[d]
+        order = g["b-grto"] >= g["grto"] >= g["grpo"]
+        targets.append((f"{d}: B-GRTO >= GRTO >= GRPO in test gIoU",
+                        f"{g['b-grto']:.3f} / {g['grto']:.3f} / {g['grpo']:.3f}", order))
+    targets.append(("B-GRTO - GRPO >= +0.10 test gIoU, averaged over the three settings", f"{gain:+.3f}", gain >= 0.10))
+    for d in ("cod", "earthreason"):
+        g = giou[d]
+        targets.append((f"{d}: GRTO >= GRPO in test gIoU (default tool weighting)",
+                        f"{g['grto']:.3f} vs {g['grpo']:.3f}", g["grto"] >= g["grpo"]))
+    return [{"target": t, "measured": m, "holds": bool(ok)} for t, m, ok in targets]
+
+
+def _plot_curves(plt, dataset, curves, rewards, rows) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
     for method, seeds in curves.items():
         steps = [p["step"] for p in seeds[0]]
         giou = np.array([[p["giou"] for p in c] for c in seeds])
         seconds = np.array([[p["seconds"] for p in c] for c in seeds]).mean(0)
         for ax, x in zip(axes, (steps, seconds)):
-            ax.plot(x, giou.mean(0), marker="o", markersize=3, label=method)
-            ax.fill_between(x, giou.min(0), giou.max(0), alpha=0.15)
+            line, = ax.plot(x, giou.mean(0), marker="o", markersize=3, label=method)
+            ax.fill_between(x, giou.min(0), giou.max(0), alpha=0.15, color=line.get_color())
+        reward = np.array(rewards[method])
+        axes[2].plot(np.arange(1, reward.shape[1] + 1), reward.mean(0), label=method)
     for ax, label in zip(axes, ("RL step", "wall time (s), BTO included")):
         for name in ("reference", "oracle"):
             ax.axhline(rows[name]["giou"][0], linestyle="--", linewidth=1, color="grey")
-            ax.text(ax.get_xlim()[0], rows[name]["giou"][0], f" {name}", fontsize=7, color="grey", va="bottom")
+            ax.text(ax.get_xlim()[0], rows[name]["giou"][0], f" {name} ({COMMON['eval_size']} test samples)",
+                    fontsize=7, color="grey", va="bottom")
         ax.set_xlabel(label)
-        ax.set_ylabel("test gIoU (64 samples)")
+        ax.set_ylabel(f"test gIoU ({COMMON['curve_size']} samples)")
+    axes[2].set_xlabel("RL step")
+    axes[2].set_ylabel("mean training reward (8 prompts)")
+    for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{dataset}: mean over 3 seeds (band: min-max)", fontsize=9)
@@ -185,19 +230,24 @@ def _write_tables(table_rows, summary) -> None:
     (RESULTS_DIR / "table.md").write_text("\n".join(lines))
     ablation = ["| run | test gIoU | box acc | RL steps |", "|---|---|---|---|"]
     for name, entry in summary["ablations"].items():
-        steps = entry["curve"][-1]["step"] if entry["curve"] else ""
-        ablation.append(f"| {name} | {entry['test']['giou']:.3f} | {entry['test']['box_acc']:.3f} | {steps} |")
+        ablation.append(f"| {name} | {entry['test']['giou']:.3f} | {entry['test']['box_acc']:.3f} | {entry['steps']} |")
     (RESULTS_DIR / "ablations.md").write_text("\n".join(ablation) + "\n")
     cost = ["| dataset | BTO seconds | BTO share of B-GRTO's training time |", "|---|---|---|"]
     cost += [f"| {d} | {_cell(v['bto_seconds'])} | {_cell(v['share_of_bgrto_time'])} |"
              for d, v in summary["bto_cost"].items()]
     (RESULTS_DIR / "bto_cost.md").write_text("\n".join(cost) + "\n")
+    targets = ["| target | measured | holds |", "|---|---|---|"]
+    targets += [f"| {t['target']} | {t['measured']} | {'yes' if t['holds'] else '**no**'} |"
+                for t in summary["targets"]]
+    (RESULTS_DIR / "targets.md").write_text("\n".join(targets) + "\n")
 
 
 def reference_rows(eval_size: int) -> dict:
+    """Per setting, the stand-ins' scores before RL (``reference``) and the oracle's; and the stand-in policy's
+    ``follows_query`` (``standin``)."""
     import torch
 
-    from .evaluate import evaluate_oracle, evaluate_policy
+    from .evaluate import evaluate_oracle, evaluate_policy, follows_query
     from .train import load_models, load_splits
 
     torch.set_num_threads(1)
@@ -208,6 +258,7 @@ def reference_rows(eval_size: int) -> dict:
         policy, processor, tool, size = load_models(config)
         out[dataset] = {"reference": evaluate_policy(policy, processor, tool, test_set, size),
                         "oracle": evaluate_oracle(tool, test_set)}
+    out["standin"] = {"follows_query": follows_query(policy, processor, size)}
     return out
 
 
@@ -224,6 +275,7 @@ def main(argv=None) -> None:
     summary["plan"] = {name: dataclasses.asdict(c) for name, c in plan().items()}
     (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=1))
     print((RESULTS_DIR / "table.md").read_text())
+    print((RESULTS_DIR / "targets.md").read_text())
 
 
 if __name__ == "__main__":

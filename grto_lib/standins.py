@@ -5,9 +5,9 @@ No weights can be downloaded where this project is built and tested, so the tiny
 * ``data/standins/tool``: a tiny SAM (segment_anything's classes) trained with ground-truth box and point
   prompts on generic ``shapes`` scenes (``grto_lib.tool_standin``): good on easy scenes, weaker on
   camouflage and aerial scenes, like a generic SAM facing a new domain;
-* ``data/standins/policy``: a tiny Qwen2.5-VL warm-started by supervised learning on explicit ``shapes``
-  queries (``grto_lib.policy_standin``): it writes the answer format and grounds "the red circle", but has
-  never seen reasoning queries ("the shape you could roll"): the gap RL is there to close.
+* ``data/standins/policy``: a tiny Qwen2.5-VL warm-started by supervised learning (``grto_lib.policy_standin``):
+  its thought lists the objects it sees, then picks one. It follows explicit queries ("the red circle") and
+  hesitates on reasoning queries between the right object and one it confuses it with: the gap RL closes.
 
 ``python -m grto_lib.standins`` builds both (``--force`` rebuilds) and writes ``data/standins/manifest.json``
 with, per model, the recipe, seed, wall time and the SHA-256 of every file. The committed stand-ins were
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -48,23 +49,25 @@ def _build(name: str, recipe, kwargs: dict, force: bool) -> dict:
     tmp.rename(folder)
     return {
         "recipe": f"{recipe.__module__}.{recipe.__name__}", "kwargs": kwargs, "seconds": round(seconds, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-                   f"{'cuda' if kwargs.get('device') == 'cuda' else 'cpu'}",
+        "command": f"python -m grto_lib.standins --only {name} --force",
+        "machine": (f"one {torch.cuda.get_device_name()}" if kwargs.get("device") == "cuda"
+                    else f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"),
         "torch": torch.__version__, "report": report, "files": _hashes(folder),
     }
 
 
 def build_standins(force: bool = False, only: str | None = None) -> dict:
     """Build the tool and/or policy stand-ins and update the manifest."""
-    from .policy_standin import build_standin
+    from .policy_standin import pretrain_policy_standin
     from .tool_standin import pretrain_tool_standin
 
     STANDINS_DIR.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
-    # The policy's first stage ran on an H100 in about 3 minutes; on a CPU it takes about an hour.
+    # The policy is built on a GPU in a few minutes; on a 2-core CPU it would take hours.
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    workers = min(14, (os.cpu_count() or 2) - 1)
     recipes = {"tool": (pretrain_tool_standin, {"seed": 0}),
-               "policy": (build_standin, {"seed": 0, "device": device, "num_workers": 14 if device == "cuda" else 0})}
+               "policy": (pretrain_policy_standin, {"seed": 0, "device": device, "num_workers": workers})}
     for name, (recipe, kwargs) in recipes.items():
         if only in (None, name):
             manifest[name] = _build(name, recipe, kwargs, force)

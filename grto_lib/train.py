@@ -37,7 +37,7 @@ from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
 TINY_TOOL = Path(__file__).resolve().parent.parent / "data" / "standins" / "tool"
 # Fields that must agree between a run folder's saved config and a resumed run.
 _RESUME_FIELDS = ("dataset", "data_root", "method", "preset", "policy_path", "tool_checkpoint", "lora",
-                  "prompts_per_step", "num_generations", "seed", "train_size", "image_size")
+                  "policy_train", "prompts_per_step", "num_generations", "seed", "train_size", "image_size")
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +52,9 @@ def load_models(config: TrainConfig):
     if config.policy_path is not None:
         policy_config.model_name_or_path = config.policy_path
     policy, processor = load_policy(policy_config)
+    if config.policy_train == "decoder" and not policy_config.lora:
+        for name, parameter in policy.named_parameters():
+            parameter.requires_grad_(".language_model.layers." in name)
     if config.tool_checkpoint is not None and Path(config.tool_checkpoint).is_dir():
         tool = load_tool(load_tool_config(config.tool_checkpoint))
     elif config.preset == "tiny":
@@ -102,6 +105,24 @@ class _LearningCurve(TrainerCallback):
         if self.every and state.global_step % self.every == 0:
             self._record(state.global_step, model)
         self._last = time.perf_counter()
+
+
+class _LogFile(TrainerCallback):
+    """Appends every logged entry (training reward, losses, timings) to ``path`` as it is logged, so a run cut short
+    keeps its training curve (``metrics.json`` holds the same entries, written at the end)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():  # resumed: drop what came after the checkpoint
+            kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= state.global_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}, default=_to_builtin) + "\n")
 
 
 def grpo_args(config: TrainConfig, out: Path):
@@ -196,6 +217,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
         config.curve_every, out / "curve.jsonl", timing["bto_seconds"])
     if config.curve_every:
         trainer.add_callback(curve)
+    trainer.add_callback(_LogFile(out / "log.jsonl"))
     for callback in extra_callbacks:
         trainer.add_callback(callback)
 
@@ -208,7 +230,11 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     final = out / "final"
     trainer.save_model(str(final / "policy"))
     accelerator = trainer.accelerator
-    in_sync = parameters_in_sync(accelerator, policy, tool) if accelerator.num_processes > 1 else None
+    in_sync = None
+    if accelerator.num_processes > 1:
+        in_sync = parameters_in_sync(accelerator, policy, tool)
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()  # before the other processes exit; the rest is the main's
     if not accelerator.is_main_process:
         return {}
     processor.save_pretrained(str(final / "policy"))

@@ -1,7 +1,7 @@
 """GRTO on TRL: ``GRTOTrainer`` subclasses ``trl.GRPOTrainer`` and adds the tool loss.
 
 TRL does generation, rewards, group advantages, the clipped policy surrogate, LoRA, accelerate, logging and
-checkpoints. This class adds exactly what GRTO needs (DESIGN.md section 1):
+checkpoints. This class adds exactly what GRTO needs:
 
 * scoring (``RolloutScorer``) runs the current tool on the rollouts, so the mask reward that feeds the
   advantages comes from the tool being trained, and keeps each rollout's parsed prompts and image embedding;
@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import losses
-from .geometry import box_covers_target
+from .geometry import box_on_target
 from .scorer import RolloutScorer
 from .tool import WEIGHTS_FILE, save_tool
 
@@ -152,7 +152,7 @@ class GRTOTrainer(GRPOTrainer):
         index = inputs["tool_sample_index"].tolist()
         by_index = self.scorer.samples(index)
         if self.tool_weighting == "on_target":
-            covers = box_covers_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
+            covers = box_on_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
             valid = valid & torch.as_tensor(covers, device=valid.device)
         weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting)
         rows = torch.nonzero(weights > 0).flatten()
@@ -173,12 +173,20 @@ class GRTOTrainer(GRPOTrainer):
         """Average the tool's gradients over processes, clip, step, zero. Called before the policy's step."""
         if self.tool_optimizer is None:
             return
+        if self.accelerator.num_processes > 1:
+            # Every process joins the all-reduce, also one whose rollouts gave the tool no loss this step (none on
+            # target): it contributes zero gradients. Skipping it would leave the others waiting forever.
+            has_loss = torch.tensor(float(any(p.grad is not None for p in self.tool_parameters)),
+                                    device=self.accelerator.device)
+            if self.accelerator.reduce(has_loss, reduction="sum").item() == 0:
+                return
+            for p in self.tool_parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(self.accelerator.reduce(p.grad, reduction="mean"))
         grads = [p.grad for p in self.tool_parameters if p.grad is not None]
         if not grads:
             return
-        if self.accelerator.num_processes > 1:
-            for g in grads:
-                g.copy_(self.accelerator.reduce(g, reduction="mean"))
         if not all(torch.isfinite(g).all() for g in grads):
             self._metrics["train"]["tool/nonfinite_grad_skipped"].append(1.0)
         else:

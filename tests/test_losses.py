@@ -313,17 +313,17 @@ def test_uniform_weights():
     torch.testing.assert_close(tool_loss_weights(A, VALID), torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25]))
 
 
-def test_box_covers_target_counts_the_target_pixels_inside_the_box():
-    from grto_lib.geometry import box_covers_target
+def test_box_on_target_is_box_iou_above_one_half():
+    from grto_lib.geometry import box_on_target
     mask = np.zeros((10, 10), dtype=bool)
-    mask[2:6, 2:6] = True  # 16 pixels, x and y in 2..5
-    boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0],   # all 16 inside
-                          [2.0, 2.0, 4.0, 6.0],   # x 2..3: 8 of 16 = exactly half
-                          [2.0, 2.0, 3.0, 6.0],   # x 2: 4 of 16
-                          [7.0, 7.0, 9.0, 9.0],   # elsewhere
-                          [-5.0, -5.0, 50.0, 50.0]])  # the whole image (clipped)
-    assert box_covers_target(boxes, [mask] * 5).tolist() == [True, True, False, False, True]
-    assert box_covers_target(boxes[:1], [np.zeros((10, 10), dtype=bool)]).tolist() == [False]  # empty target
+    mask[2:6, 2:6] = True  # tight box [2, 2, 6, 6], 16 pixels
+    boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0],   # the tight box: IoU 1
+                          [2.0, 2.0, 6.0, 9.0],   # 16 / 28: IoU 0.57
+                          [2.0, 2.0, 4.0, 6.0],   # half of it: IoU 0.5, not above
+                          [0.0, 0.0, 9.0, 9.0],   # the target and what lies around it: IoU 0.20
+                          [7.0, 7.0, 9.0, 9.0]])  # elsewhere
+    assert box_on_target(boxes, [mask] * 5).tolist() == [True, True, False, False, False]
+    assert box_on_target(boxes[:1], [np.zeros((10, 10), dtype=bool)]).tolist() == [False]  # empty target
     # on_target weights are uniform over the rollouts the caller kept
     torch.testing.assert_close(tool_loss_weights(A, VALID, "on_target"), tool_loss_weights(A, VALID, "uniform"))
 

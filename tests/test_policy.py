@@ -229,7 +229,7 @@ def test_config_defaults_and_errors(tmp_path):
         PolicyConfig(dtype="float64")
     with pytest.raises(ValueError, match="multiple of 28"):
         PolicyConfig(preset="paper", policy_image_size=800)
-    with pytest.raises(FileNotFoundError, match="python -m grto_lib.policy_standin"):
+    with pytest.raises(FileNotFoundError, match="python -m grto_lib.standins --only policy"):
         load_policy(PolicyConfig(model_name_or_path=str(tmp_path / "missing")))
 
 
@@ -290,107 +290,174 @@ def test_grpo_trainer_accepts_the_tiny_policy(tiny, saved, tmp_path):
     assert all(ids.count(trainer._image_pad_token_id) == 64 for ids in prompt_ids)
 
 
+# --- the fast paths (grto_lib.fast_qwen) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repeats", [1, 4])
+def test_fast_paths_compute_what_the_stock_classes_compute(tiny, repeats):
+    """Batched vision attention and encoding each repeated image once give the stock model's logits and gradients
+    to 1e-5, for distinct images and for images repeated as GRPO repeats them."""
+    import copy
+
+    from grto_lib.data import load_dataset
+    from grto_lib.fast_qwen import RepeatedImagesModel, SameSizeImagesVisionAttention, disable_fast_paths
+
+    model, processor = tiny
+    fast = copy.deepcopy(model)
+    stock = copy.deepcopy(model)
+    disable_fast_paths(stock)
+    assert isinstance(fast.model, RepeatedImagesModel) and type(stock.model) is not RepeatedImagesModel
+    assert any(isinstance(m, SameSizeImagesVisionAttention) for m in fast.modules())
+    samples = load_dataset("reasonseg", "train", size=8)
+    texts, images = [], []
+    for i in range(8):
+        sample = samples[i // repeats]
+        texts.append(processor.apply_chat_template(build_messages(sample.query), add_generation_prompt=True)
+                     + "<think> x </think>")
+        images.append(policy_view(sample.image, 128))
+    batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    outputs = []
+    for m in (stock, fast):
+        m.train()
+        logits = m(**batch).logits
+        logits.float().logsumexp(-1).mean().backward()
+        outputs.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (stock_logits, stock_grads), (fast_logits, fast_grads) = outputs
+    assert torch.allclose(fast_logits, stock_logits, atol=1e-5)
+    assert stock_grads.keys() == fast_grads.keys() and any("visual" in n for n in stock_grads)
+    for name, grad in stock_grads.items():
+        assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
+
+
 # --- the committed stand-in -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (policy.REPO_ROOT / policy.TINY_DEFAULT_PATH / "config.json").is_file(),
-                    reason="stand-in not built (python -m grto_lib.policy_standin)")
-def test_standin_answers_and_grounds():
-    from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import evaluate_boxes
+STANDIN_BUILT = (policy.REPO_ROOT / policy.TINY_DEFAULT_PATH / "config.json").is_file()
+
+
+@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.standins --only policy)")
+def test_standin_follows_its_query():
+    """Asked in turn for every object of a scene by its name, the stand-in boxes the object named (the manifest
+    holds the number on 120 scenes: 1.0, against 0.41 for a blind guess)."""
+    from grto_lib.evaluate import follows_query
 
     model, processor = load_policy(PolicyConfig())
-    test = load_dataset("shapes", "test")
-    scores = evaluate_boxes(model, processor, [test[i] for i in range(64)])  # measured: IoU 0.357, 64 boxes
-    assert scores["format_valid"] == 1.0
-    assert scores["distinct_boxes"] >= 60  # boxes follow the image, not one box for all
-    assert scores["box_iou"] > 0.3
-    for name in ("reasonseg", "cod", "earthreason"):  # the format survives unseen words and textured scenes
-        test = load_dataset(name, "test")
-        assert evaluate_boxes(model, processor, [test[i] for i in range(16)])["format_valid"] >= 0.9, name
+    scores = follows_query(model, processor, 128, scenes=24)
+    assert scores["right_object"] >= 0.9 > scores["chance"] + 0.4
+    assert scores["same_object_for_every_query"] <= 0.1
+
+
+@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.standins --only policy)")
+def test_no_two_query_words_share_an_input_embedding():
+    from grto_lib.data import query_corpus
+
+    model, processor = load_policy(PolicyConfig())
+    tokenizer = processor.tokenizer
+    words = policy.corpus_words(query_corpus())
+    ids = tokenizer.convert_tokens_to_ids(words)
+    assert tokenizer.unk_token_id not in ids and len(set(ids)) == len(words)
+    rows = model.get_input_embeddings().weight[ids]
+    distances = torch.cdist(rows, rows) + torch.eye(len(ids)) * 1e9
+    assert distances.min() > 0.1  # every pair of different words reads differently
 
 
 # --- the stand-in recipe --------------------------------------------------------------------------------------
 
 
+def test_the_thought_lists_the_objects_reads_the_query_and_picks():
+    from grto_lib.data import load_dataset
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.policy_standin import candidates, readings, target_completion
+
+    scenes = load_dataset("reasonseg", "train", size=40).scene
+    for i in range(40):
+        scene = scenes(i)
+        listed = candidates(scene)
+        assert sorted(listed) == list(range(len(scene.objects)))  # every shape, left to right
+        centres = [mask_to_box(scene.objects[k].mask)[[0, 2]].sum() for k in listed]
+        assert centres == sorted(centres)
+        reading, misreading, wrong = readings(scene)
+        for misread in (False, True):
+            text = target_completion(scene, misread)
+            think = text[len("<think>"):text.index("</think>")]
+            entries, rest = think.split(" : ")
+            assert len(entries.split(" ; ")) == len(listed)
+            query, picked = rest.split(" = ")
+            pick = wrong if misread and misreading is not None else scene.target
+            assert query == f"{scene.sample.query} means {misreading if pick != scene.target else reading}"
+            answer = parse_answer(text)
+            assert list(answer.bbox) == [float(v) for v in mask_to_box(scene.objects[pick].mask)]
+            assert picked.endswith(" ".join(str(int(v)) for v in answer.bbox))
+            x, y = answer.points[0]
+            assert scene.objects[pick].mask[int(y), int(x)]  # the point lies inside the picked object
+        if scene.query_kind == "explicit":
+            assert misreading is None
+        else:
+            assert wrong != scene.target
+
+
+def test_misreadings_are_the_confusions_the_table_names():
+    from grto_lib.data import load_dataset
+    from grto_lib.policy_standin import readings
+
+    checked = set()
+    for name in ("reasonseg", "earthreason"):
+        scenes = load_dataset(name, "train", size=300).scene
+        for i in range(300):
+            scene = scenes(i)
+            reading, misreading, wrong = readings(scene)
+            kind, words = scene.query_kind, scene.sample.query.split()
+            if kind == "relation":  # the reference object instead of the one related to it
+                assert reading.endswith(misreading) and misreading.split()[-1] in (
+                    scene.objects[wrong].colour, scene.objects[wrong].kind)
+            elif kind == "superlative":
+                assert (reading, misreading) in [("largest", "smallest"), ("smallest", "largest"),
+                                                 ("leftmost", "rightmost"), ("rightmost", "leftmost"),
+                                                 ("topmost", "lowest"), ("lowest", "topmost")]
+            elif kind in ("building_near", "building_far", "field_near", "field_road", "field_river"):
+                landmark = [w for w in words if w in ("river", "lake", "road")][-1]
+                assert scene.objects[wrong].kind == misreading == landmark  # the landmark itself
+            elif kind in ("explicit", "landmark"):
+                assert misreading is None and wrong is None
+            checked.add(kind)
+    assert {"relation", "superlative", "explicit", "building_near", "landmark"} <= checked
+
+
 def test_supervised_batch_labels_only_the_completion(tiny):
     from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import supervised_batch, target_completion
+    from grto_lib.policy_standin import supervised_batch
 
     _, processor = tiny
-    samples = [load_dataset("shapes", "train", size=3)[i] for i in range(3)]
-    batch = supervised_batch(processor, samples)
-    for row, sample in enumerate(samples):
+    samples = load_dataset("shapes", "train", size=3)
+    examples = [(samples[i], f"<think>{samples[i].query}</think><answer>x</answer>") for i in range(3)]
+    batch = supervised_batch(processor, examples)
+    for row, (sample, completion) in enumerate(examples):
         labelled = batch["labels"][row][batch["labels"][row] != -100]
-        expected = processor.tokenizer(target_completion(sample) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        expected = processor.tokenizer(completion + "<|im_end|>", add_special_tokens=False)["input_ids"]
         assert labelled.tolist() == expected
         assert torch.equal(batch["input_ids"][row, -len(expected):], labelled)  # left padding: completion last
-    text = target_completion(samples[0])
-    assert text.startswith(f"<think>{samples[0].query}</think><answer>") and parse_answer(text) is not None
 
 
-def test_unknown_word_queries_are_deterministic():
+def test_weak_label_mixture_misreads_non_explicit_queries_at_the_given_rate():
     from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import UnknownWordQueries
-
-    base = load_dataset("shapes", "train", size=200)
-    noisy = UnknownWordQueries(base, rate=0.5, seed=0)
-    queries = [noisy[i].query for i in range(200)]
-    assert queries == [UnknownWordQueries(base, rate=0.5, seed=0)[i].query for i in range(200)]
-    changed = [q for q, i in zip(queries, range(200)) if q != base[i].query]
-    assert 70 < len(changed) < 130
-    assert all(1 <= q.split().count("<|unk|>") <= 3 for q in changed)
-    assert [q.replace("<|unk|>", "").split() for q in changed] == [
-        base[i].query.split() for i in range(200) if queries[i] != base[i].query]
-
-
-def test_textured_backgrounds_keep_the_objects():
-    from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import TexturedBackgrounds
-
-    base = load_dataset("shapes", "train", size=40)
-    textured = TexturedBackgrounds(base, rate=0.5, seed=0)
-    changed = 0
-    for i in range(40):
-        sample, original, scene = textured[i], base[i], base.scene(i)
-        objects = np.any([o.mask for o in scene.objects], axis=0)
-        assert sample.query == original.query and np.array_equal(sample.mask, original.mask)
-        assert np.array_equal(sample.image[objects], original.image[objects])
-        changed += not np.array_equal(sample.image, original.image)
-        assert np.array_equal(sample.image, TexturedBackgrounds(base, rate=0.5, seed=0)[i].image)
-    assert 10 < changed < 30
-    assert all(np.array_equal(TexturedBackgrounds(base, rate=0.0)[i].image, base[i].image) for i in range(5))
-
-
-def test_weak_label_mixture_mixes_worlds_and_mislabels_at_the_given_rate():
-    from grto_lib.data import SHAPES, load_dataset
-    from grto_lib.policy_standin import WeakLabelMixture
+    from grto_lib.policy_standin import WeakLabelMixture, readings
 
     shares = {"shapes": 1, "reasonseg": 1, "cod": 1, "earthreason": 1}
-    mixture = WeakLabelMixture(shares, label_accuracy=0.7, size=400, image_size=128)
-    again = WeakLabelMixture(shares, label_accuracy=0.7, size=400, image_size=128)
-    kept, wrong, worlds = 0, 0, []
+    mixture = WeakLabelMixture(shares, label_accuracy=0.6, size=400)
+    again = WeakLabelMixture(shares, label_accuracy=0.6, size=400)
+    misread, worlds = [], []
     for i in range(400):
-        name, sample = mixture.world_of(i), mixture[i]
+        name, scene, wrong = mixture.draw(i)
         worlds.append(name)
-        scene = mixture.worlds[name].scene(i)
-        assert np.array_equal(sample.mask, again[i].mask) and sample.query == scene.sample.query
-        if name == "shapes":
-            assert np.array_equal(sample.mask, scene.sample.mask)  # explicit queries keep clean labels
-            continue
-        if np.array_equal(sample.mask, scene.sample.mask):
-            kept += 1
-            continue
-        wrong += 1  # a wrong label is another object of the scene, of the target's family when there is one
-        target = scene.objects[scene.target]
-        matches = [o for k, o in enumerate(scene.objects) if k != scene.target and np.array_equal(o.mask, sample.mask)]
-        assert matches
-        same_family = [o for k, o in enumerate(scene.objects) if k != scene.target and o.area >= 4 and (
-            o.kind == target.kind or (o.kind in SHAPES and target.kind in SHAPES))]
-        if same_family:
-            assert any(o.kind == target.kind or o.kind in SHAPES for o in matches)
+        sample, completion = mixture[i]
+        assert completion == again[i][1] and sample.query == scene.sample.query
+        if scene.query_kind == "explicit":
+            assert f" means {readings(scene)[0]} = " in completion  # explicit queries keep clean labels
+        elif readings(scene)[1] is not None:
+            misread.append(wrong)
+            assert (f" means {readings(scene)[1]} = " in completion) == wrong
     assert all(60 < worlds.count(name) < 140 for name in shares)
-    assert 0.65 < kept / (kept + wrong) < 0.85  # 0.7, plus scenes without another object
+    assert 0.3 < np.mean(misread) < 0.5  # 1 - label_accuracy
     # pretraining scenes (data seed 1) are not the scenes reinforcement learning trains on (seed 0)
     rl = load_dataset("reasonseg", "train", size=400)
     assert not any(np.array_equal(mixture.worlds["reasonseg"][i].image, rl[i].image) for i in range(20))
@@ -401,7 +468,8 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
 
     from grto_lib.policy_standin import pretrain_policy_standin
 
-    kwargs = dict(seed=3, steps=2, batch_size=2, warmup=1, eval_size=0)
+    kwargs = dict(seed=3, steps=2, batch_size=2, scenes=8, warmup=1, eval_size=0,
+                  sizes={"hidden_size": 64, "num_layers": 1})
     report = pretrain_policy_standin(tmp_path / "a", **kwargs)
     pretrain_policy_standin(tmp_path / "b", **kwargs)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
@@ -410,19 +478,8 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
         "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
-    # stage 2 of the recipe continues a saved policy
-    pretrain_policy_standin(tmp_path / "c", init_from=tmp_path / "a", **dict(kwargs, steps=1, texture_rate=1.0))
-    c = load_file(tmp_path / "c" / "model.safetensors")
-    assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
-    # a later stage can train on the weak-label mixture of several worlds instead
-    pretrain_policy_standin(tmp_path / "d", init_from=tmp_path / "a",
-                            **dict(kwargs, steps=1, worlds={"cod": 1.0, "earthreason": 1.0}, label_accuracy=0.7))
-    assert not torch.equal(a["lm_head.weight"], load_file(tmp_path / "d" / "model.safetensors")["lm_head.weight"])
     model, processor = load_policy(PolicyConfig(model_name_or_path=str(tmp_path / "a")))
-    unk = processor.tokenizer.unk_token_id
-    pizza = processor.tokenizer.convert_tokens_to_ids("pizza")  # a reasoning word no shapes query holds
-    embeddings = model.get_input_embeddings().weight
-    assert pizza != unk and torch.equal(embeddings[pizza], embeddings[unk])
+    assert model.config.text_config.hidden_size == 64
 
 
 def test_committed_standins_match_their_manifest():

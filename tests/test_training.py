@@ -98,7 +98,7 @@ def test_box_threshold_turns_the_box_reward_into_an_indicator():
     assert TrainConfig(box_threshold=0.5).box_threshold == 0.5
 
 
-def test_bto_on_target_trains_only_on_rollouts_whose_box_covers_the_target():
+def test_bto_on_target_trains_only_on_rollouts_whose_box_matches_the_target():
     from grto_lib.bootstrap import bootstrap_tool
     from grto_lib.data import load_dataset
     from grto_lib.geometry import mask_to_box
@@ -111,7 +111,7 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_covers_the_target():
                for i, box in ((0, on), (0, off), (1, off))]
     assert bootstrap_tool(tool, dataset, records, steps=1)["valid_rollouts"] == 3
     assert bootstrap_tool(tool, dataset, records, steps=1, on_target=True)["valid_rollouts"] == 1
-    with pytest.raises(ValueError, match="covers the target"):
+    with pytest.raises(ValueError, match="matches the target"):
         bootstrap_tool(tool, dataset, records[1:], steps=1, on_target=True)
 
 
