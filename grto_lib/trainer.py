@@ -196,6 +196,11 @@ class GRTOTrainer(GRPOTrainer):
         self.tool_optimizer.zero_grad(set_to_none=True)
 
     # --- checkpoints ----------------------------------------------------------------------------------------
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Writes nothing. TRL would write a Hub model card (``README.md``) into the run folder at every checkpoint,
+        calling the run "a fine-tuned version of None" with a text-generation quick start; a run folder's files
+        are described in the repository's README."""
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:

@@ -38,6 +38,7 @@ def test_grto_trains_the_decoder_only_and_grpo_leaves_the_tool_alone(tmp_path):
     for run in ("grto", "grpo"):
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["test"]["n"] == 8 and 0.0 <= metrics["test"]["giou"] <= 1.0
+        assert not (tmp_path / run / "README.md").exists()  # no Hub model card naming a base model "None"
         assert [p["step"] for p in metrics["curve"]] == [0, 1, 2]
 
 
