@@ -29,15 +29,15 @@ import torch
 
 from . import losses
 from .geometry import box_on_target
-from .generation import generate_completions
+from .generation import MAX_NEW_TOKENS, generate_completions
 from .scorer import RolloutScorer
 
 META_FILE, ROLLOUTS_FILE = "meta.json", "rollouts.jsonl"
 
 
 def build_bto_buffer(policy, processor, tool, dataset, folder, *, n_prompts: int, generations: int,
-                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0,
-                     meta: dict | None = None) -> list[dict]:
+                     policy_image_size: int, temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS,
+                     seed: int = 0, meta: dict | None = None) -> list[dict]:
     """Sample ``generations`` rollouts for ``n_prompts`` random training prompts and write the buffer folder."""
     rng = np.random.default_rng(seed)
     indices = sorted(rng.choice(len(dataset), size=min(n_prompts, len(dataset)), replace=False).tolist())

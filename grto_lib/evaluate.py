@@ -11,8 +11,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .generation import generate_completions
-from .geometry import box_iou, mask_to_box, mask_to_points
+from .generation import MAX_NEW_TOKENS, generate_completions
+from .geometry import box_iou, box_on_target, mask_to_box, mask_to_points
 from .metrics import cod_scores, mask_iou, segmentation_scores
 from .scorer import RolloutScorer
 
@@ -50,7 +50,7 @@ def _scores(samples, probabilities, pred_boxes, with_cod: bool) -> dict:
 
 
 def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *, indices=None, with_cod=None,
-                    max_new_tokens: int = 128, batch_size: int = 32, return_records: bool = False):
+                    max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32, return_records: bool = False):
     """Scores of the pipeline: ``giou``, ``ciou``, ``box_acc``, ``format_valid``, ``n``, ``n_missing`` (+ COD).
 
     With ``return_records``, also one dict per sample: ``id``, ``query``, ``completion``, ``valid``, ``box``,
@@ -90,7 +90,7 @@ def evaluate_oracle(tool, dataset, *, indices=None, with_points: bool = False, w
 
 
 def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, indices, group_size: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0) -> list[list[dict]]:
+                   temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0) -> list[list[dict]]:
     """For each sample, ``group_size`` sampled rollouts as training sees them: completion, box, points, the
     tool's mask and every reward term (``RolloutScorer``), plus the group-relative advantage."""
     from .losses import group_advantages
@@ -137,8 +137,8 @@ def picked_object(box, objects) -> int | None:
     return int(np.argmax(ious)) if max(ious) > 0.1 else None
 
 
-def follows_query(policy, processor, policy_image_size: int, scenes: int = 120, max_new_tokens: int = 128,
-                  batch_size: int = 32) -> dict:
+def follows_query(policy, processor, policy_image_size: int, scenes: int = 120,
+                  max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32) -> dict:
     """Ask for every object of each multi-object ``shapes`` test scene by its explicit name ("the red circle").
 
     ``right_object``: share of queries whose greedy box best matches the object named; ``chance``: what a blind
@@ -166,7 +166,8 @@ def follows_query(policy, processor, policy_image_size: int, scenes: int = 120, 
 
 
 def selection_scores(policy, processor, dataset, policy_image_size: int, *, rollouts: int = 8, indices=None,
-                     temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0, batch_size: int = 32) -> dict:
+                     temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
+                     batch_size: int = 32) -> dict:
     """What reward can select from, per query kind of a synthetic ``dataset`` and over ``"all"``:
     ``greedy_box_acc`` (box IoU > 0.5, greedy), ``greedy_right_object``, ``sampled_box_acc`` (mean over
     ``rollouts`` samples at ``temperature``), ``pass_at_k`` (some sample has box IoU > 0.5) and ``chance``
@@ -181,13 +182,11 @@ def selection_scores(policy, processor, dataset, policy_image_size: int, *, roll
                                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = {}
     for scene, (g,), group in zip(scenes, greedy, sampled):
-        hw, target = scene.sample.mask.shape, mask_to_box(scene.sample.mask)
-        g_box = _answer_box(g, hw, policy_image_size)
-        hits = [b is not None and box_iou(b, target) > 0.5 for b in (_answer_box(t, hw, policy_image_size)
-                                                                      for t in group)]
-        values = {"greedy_box_acc": g_box is not None and box_iou(g_box, target) > 0.5,
-                  "greedy_right_object": picked_object(g_box, scene.objects) == scene.target,
-                  "sampled_box_acc": np.mean(hits), "pass_at_k": any(hits), "chance": 1 / len(scene.objects)}
+        boxes = [_answer_box(text, scene.sample.mask.shape, policy_image_size) for text in (g, *group)]
+        hits = [b is not None and bool(box_on_target([b], [scene.sample.mask])[0]) for b in boxes]
+        values = {"greedy_box_acc": hits[0],
+                  "greedy_right_object": picked_object(boxes[0], scene.objects) == scene.target,
+                  "sampled_box_acc": np.mean(hits[1:]), "pass_at_k": any(hits[1:]), "chance": 1 / len(scene.objects)}
         for kind in (scene.query_kind, "all"):
             for name, value in values.items():
                 rows.setdefault(kind, {}).setdefault(name, []).append(float(value))

@@ -10,6 +10,10 @@ import torch
 
 from .prompts import build_messages, policy_view
 
+MAX_NEW_TOKENS = 128
+"""Default length limit of a generated completion (the tiny stand-in's take 55-100 tokens; training uses
+``TrainConfig.max_completion_length``, 128 too)."""
+
 
 def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
@@ -17,7 +21,8 @@ def _tokenizer(processor):
 
 @torch.no_grad()
 def generate_completions(model, processor, samples, policy_image_size: int, *, n: int = 1, do_sample: bool = False,
-                         temperature: float = 1.0, max_new_tokens: int = 128, batch_size: int = 32) -> list[list[str]]:
+                         temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS,
+                         batch_size: int = 32) -> list[list[str]]:
     """``n`` completions for each sample (a list of ``n`` strings per sample, in order)."""
     tokenizer = _tokenizer(processor)
     tokenizer.padding_side = "left"
