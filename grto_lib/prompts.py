@@ -62,11 +62,34 @@ def answer_to_image_pixels(bbox, points, image_hw: tuple[int, int], policy_image
 
 
 def to_trl_rows(dataset, policy_image_size: int) -> list[dict]:
-    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation), ``image`` (policy view), ``sample_index``.
+    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation), ``image`` (policy view), ``sample_index``,
+    ``query_kind`` (how a synthetic query was made, ``Scene.query_kind``; None for real data).
 
     ``sample_index`` lets reward functions and the tool loss find the sample's full-resolution image and mask.
     """
-    return [
-        {"prompt": build_messages(s.query), "image": policy_view(s.image, policy_image_size), "sample_index": i}
-        for i, s in enumerate(dataset)
-    ]
+    rows = []
+    for i in range(len(dataset)):
+        scene = dataset.scene(i) if hasattr(dataset, "scene") else None
+        sample = scene.sample if scene else dataset[i]
+        rows.append({"prompt": build_messages(sample.query), "image": policy_view(sample.image, policy_image_size),
+                     "sample_index": i, "query_kind": scene.query_kind if scene else None})
+    return rows
+
+
+def stratified_order(kinds: list, seed: int) -> np.ndarray:
+    """The order in which training visits samples of the given query ``kinds``: a seeded permutation,
+    stratified by kind.
+
+    Within each kind the samples are shuffled and spread evenly over the epoch (sample r of a kind with n
+    samples sits at ``(r + u_kind) / n``, u ~ U(0, 1)), so every run of consecutive prompts, one RL step's
+    batch, holds the kinds in about their proportions. Steps are then alike in difficulty: the training reward
+    moves with the policy, not with the draw of easy or hard queries, and every gradient covers every kind.
+    Kinds all None (real data): a plain permutation. Training runs through this order, the same every epoch.
+    """
+    rng = np.random.default_rng(seed)
+    kinds = np.array([str(k) for k in kinds])
+    keys = np.empty(len(kinds))
+    for kind in sorted(set(kinds)):
+        members = rng.permutation(np.flatnonzero(kinds == kind))
+        keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(keys, kind="stable")

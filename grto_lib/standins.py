@@ -2,9 +2,9 @@
 
 No weights can be downloaded where this project is built and tested, so the tiny world trains its own:
 
-* ``data/standins/tool``: a tiny SAM (segment_anything's classes) trained with ground-truth box and point
-  prompts on generic ``shapes`` scenes (``grto_lib.tool_standin``): good on easy scenes, weaker on
-  camouflage and aerial scenes, like a generic SAM facing a new domain;
+* ``data/standins/tool``: a tiny SAM (segment_anything's classes) trained with jittered ground-truth box and
+  point prompts on generic scenes of polygons and ellipses (``grto_lib.tool_standin``), none of the three
+  settings: it segments what a box points at, roughly, everywhere, like a generic SAM facing a new domain;
 * ``data/standins/policy``: a tiny Qwen2.5-VL warm-started by supervised learning (``grto_lib.policy_standin``):
   its thought lists the objects it sees, then picks one. It follows explicit queries ("the red circle") and
   hesitates on reasoning queries between the right object and one it confuses it with: the gap RL closes.

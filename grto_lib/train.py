@@ -28,7 +28,7 @@ from .config import TrainConfig, repo_path
 from .data import load_dataset
 from .evaluate import evaluate_policy
 from .policy import PolicyConfig, load_policy
-from .prompts import to_trl_rows
+from .prompts import stratified_order, to_trl_rows
 from .rewards import RewardWeights
 from .scorer import RolloutScorer
 from .tool import load_tool, load_tool_config
@@ -161,18 +161,25 @@ def grpo_args(config: TrainConfig, out: Path):
         report_to=["tensorboard"],
         seed=config.seed,
         data_seed=config.seed,
+        shuffle_dataset=False,  # build_trainer orders the prompts (prompts.stratified_order)
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
 
 
-def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
-    """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests)."""
+def _training_rows(train_set, policy_image_size: int, seed: int):
+    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``stratified_order``)."""
     from datasets import Dataset
 
+    rows = to_trl_rows(train_set, policy_image_size)
+    return Dataset.from_list(rows).select(stratified_order([r["query_kind"] for r in rows], seed))
+
+
+def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
+    """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests)."""
     return GRTOTrainer(
         model=policy, processing_class=processor, args=grpo_args(config, repo_path(config.output_dir)),
-        train_dataset=Dataset.from_list(to_trl_rows(train_set, policy_image_size)),
+        train_dataset=_training_rows(train_set, policy_image_size, config.seed),
         scorer=RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold),
         train_tool=config.trains_tool,
         tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,

@@ -611,3 +611,26 @@ def test_real_option_validation(tmp_path, kwargs, match):
     _earthreason_fixture(tmp_path)
     with pytest.raises(ValueError, match=match):
         load_dataset("earthreason", "val", root=tmp_path, **kwargs)
+
+
+def test_training_order_puts_every_query_kind_in_every_step_in_proportion():
+    from collections import Counter
+
+    from grto_lib.data import REASONSEG_KINDS
+    from grto_lib.prompts import stratified_order
+
+    rng = np.random.default_rng(0)
+    kinds = list(rng.choice(list(REASONSEG_KINDS), size=400, p=list(REASONSEG_KINDS.values())))
+    order = stratified_order(kinds, seed=3)
+    assert sorted(order) == list(range(400))  # a permutation
+    assert (order == stratified_order(kinds, seed=3)).all() and not (order == stratified_order(kinds, seed=4)).all()
+    share = {k: n / 400 for k, n in Counter(kinds).items()}
+
+    def worst_step(order):  # the largest gap between a kind's count in one RL step of 8 prompts and its share
+        return max(abs(Counter(kinds[i] for i in order[s:s + 8]).get(k, 0) - 8 * p)
+                   for s in range(0, 400, 8) for k, p in share.items())
+
+    assert worst_step(order) < 2
+    assert worst_step(np.random.default_rng(3).permutation(400)) >= 2.5  # a plain shuffle: steps differ widely
+    # without kinds (real data) it is a plain seeded permutation
+    assert sorted(stratified_order([None] * 50, seed=0)) == list(range(50))

@@ -18,7 +18,8 @@ from grto_lib.tool import (
     save_tool,
     trainable_parameters,
 )
-from grto_lib.tool_standin import augment_scene, bce_dice_loss, jittered_prompts, train_tool_standin, zoom_out
+from grto_lib.tool_standin import (augment_scene, bce_dice_loss, generic_scene, jittered_prompts, train_tool_standin,
+                                   zoom_out)
 
 torch.set_num_threads(1)
 
@@ -263,3 +264,13 @@ def test_short_pretraining_reduces_the_loss_and_is_deterministic():
     short = dict(kwargs, steps=4)
     runs = [train_tool_standin(seed=seed, **short)[1]["losses"] for seed in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_generic_pretraining_scenes_give_disjoint_visible_regions():
+    scenes = [generic_scene(np.random.default_rng(seed)) for seed in range(20)]
+    for image, masks in scenes:
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert 1 <= len(masks) <= 5 and all(m.shape == (128, 128) and m.sum() >= 20 for m in masks)
+        assert np.sum(masks, axis=0).max() == 1  # visible parts: a pixel belongs to at most one region
+    again, _ = generic_scene(np.random.default_rng(0))
+    assert (again == scenes[0][0]).all() and not (scenes[1][0] == scenes[0][0]).all()

@@ -196,7 +196,8 @@ def _trainer(tmp_path, **overrides):
 def test_a_non_finite_loss_skips_the_update_and_training_goes_on(tmp_path):
     from transformers import TrainerCallback
 
-    trainer = _trainer(tmp_path, method="grto", steps=2)
+    # every valid rollout trains the tool and 4 groups leave some reward spread, so that step 2 moves both
+    trainer = _trainer(tmp_path, method="grto", steps=2, tool_weighting="uniform", prompts_per_step=4)
     snapshots = []
 
     class Snapshot(TrainerCallback):
@@ -235,11 +236,12 @@ def test_liger_kernel_is_refused_because_it_bypasses_the_tool_loss(tmp_path):
 
 
 def test_grto_learns_mean_training_reward_rises(tmp_path):
-    """A real learning test: 30 GRTO steps on reasonseg, fixed seed. The mean reward of the last 5 steps must
-    exceed that of the first 5 by at least 0.25 (of a maximum of 4.5). Measured: see the assertion message."""
-    metrics = train(TrainConfig(method="grto", output_dir=str(tmp_path), steps=30, prompts_per_step=4,
+    """A real learning test: 20 GRTO steps of 8 x 8 on reasonseg (the study's settings), fixed seed. The mean
+    reward of the last 5 steps must exceed that of the first 5 by at least 0.25 (of a maximum of 4.5); with 4
+    prompts a step the draw of prompts alone moved it by as much. Measured: see the assertion message."""
+    metrics = train(TrainConfig(method="grto", output_dir=str(tmp_path), steps=20, prompts_per_step=8,
                                 num_generations=8, train_size=256, eval_size=8, curve_every=0, save_steps=100,
-                                logging_steps=1, tool_lr=1e-3, policy_lr=5e-5))
+                                logging_steps=1))
     rewards = [e["reward"] for e in metrics["log_history"] if "reward" in e]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last - first > 0.25, f"mean reward {first:.3f} -> {last:.3f}"
