@@ -21,16 +21,18 @@ test: setup
 standins: setup
 	OMP_NUM_THREADS=1 $(PY) -m grto_lib.standins --force
 
-# The main job: BTO walk-through (02), B-GRTO training on reasonseg (03), evaluation (04), with their defaults.
+# The main job: BTO walk-through (02), GRPO, GRTO and B-GRTO on reasonseg (03, three times), their comparison (04).
 demo: setup
 	mkdir -p $(OUT)
 	OMP_NUM_THREADS=1 $(PY) -m papermill --no-progress-bar notebooks/02_bootstrap_pretraining.ipynb \
 		$(OUT)/02_bootstrap_pretraining.ipynb -p output_dir $(OUT)/bto_reasonseg
-	OMP_NUM_THREADS=1 $(PY) -m papermill --no-progress-bar notebooks/03_joint_training.ipynb \
-		$(OUT)/03_joint_training.ipynb -p output_dir $(OUT)/reasonseg_b-grto
+	for method in grpo grto b-grto; do \
+		OMP_NUM_THREADS=1 $(PY) -m papermill --no-progress-bar notebooks/03_joint_training.ipynb \
+			$(OUT)/03_joint_training_$$method.ipynb -p method $$method -p output_dir $(OUT)/reasonseg_$$method || exit 1; \
+	done
 	OMP_NUM_THREADS=1 $(PY) -m papermill --no-progress-bar notebooks/04_evaluation.ipynb \
 		$(OUT)/04_evaluation.ipynb -p runs_root $(OUT) -p output_dir $(OUT)/eval_reasonseg
-	@echo "executed notebooks, metrics and figures: $(OUT)/"
+	@echo "executed notebooks, metrics and figures: $(OUT)/  (open them: .venv/bin/jupyter lab $(OUT))"
 
 fuzz: setup
 	HYPOTHESIS_PROFILE=large OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_rewards.py

@@ -7,7 +7,8 @@ from .config import TrainConfig, repo_path
 from .data import load_dataset
 from .evaluate import evaluate_oracle, evaluate_policy, markdown_table, rollout_groups
 from .generation import generate_completions
-from .losses import group_advantages, grpo_token_loss, tool_loss, tool_loss_weights
+from .losses import (clipped_policy_loss, group_advantages, grpo_token_loss, rollout_tool_losses, tool_loss,
+                     tool_loss_weights)
 from .metrics import cod_scores, segmentation_scores
 from .policy import PolicyConfig, load_policy
 from .prompts import build_messages, format_answer, to_trl_rows
@@ -25,4 +26,5 @@ __all__ = [
     "group_advantages", "grpo_token_loss", "load_bto_buffer", "load_dataset", "load_policy", "load_tool",
     "parse_answer", "save_tool", "segmentation_scores", "to_trl_rows", "tool_loss", "tool_loss_weights", "train",
     "load_models", "load_run", "load_splits", "markdown_table", "repo_path", "rollout_groups", "run_folder",
+    "clipped_policy_loss", "rollout_tool_losses",
 ]

@@ -20,7 +20,6 @@ their text with ``valid: false`` and are skipped by the bootstrap. Later runs re
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,9 +27,11 @@ import numpy as np
 import torch
 
 from . import losses
-from .geometry import box_on_target
+from .files import write_json, write_text
 from .generation import MAX_NEW_TOKENS, generate_completions
+from .geometry import box_on_target
 from .scorer import RolloutScorer
+from .tool import trainable_parameters
 
 META_FILE, ROLLOUTS_FILE = "meta.json", "rollouts.jsonl"
 
@@ -57,10 +58,8 @@ def build_bto_buffer(policy, processor, tool, dataset, folder, *, n_prompts: int
     folder.mkdir(parents=True, exist_ok=True)
     header = dict(meta or {}, n_prompts=len(indices), generations=generations, temperature=temperature, seed=seed,
                   n_rollouts=len(records), valid_rate=float(valid.mean()) if len(valid) else 0.0)
-    tmp = folder / (ROLLOUTS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, folder / ROLLOUTS_FILE)
-    (folder / META_FILE).write_text(json.dumps(header, indent=2))  # written last: marks the buffer complete
+    write_text(folder / ROLLOUTS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    write_json(folder / META_FILE, header)  # written last: marks the buffer complete
     return records
 
 
@@ -82,7 +81,7 @@ def load_bto_buffer(folder, expect_meta: dict | None = None) -> list[dict] | Non
 
 
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
-                   loss_kind: str = "bce_dice", seed: int = 0, log_every: int = 0, on_target: bool = False) -> dict:
+                   loss_kind: str = "bce_dice", seed: int = 0, on_target: bool = False) -> dict:
     """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling);
     ``on_target``: only over those whose box matches the target's (``geometry.box_on_target``).
 
@@ -109,7 +108,7 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
     boxes = torch.tensor([r["bbox"] for r in usable], dtype=torch.float32, device=device)
     points = torch.tensor([r["points"] for r in usable], dtype=torch.float32, device=device)
 
-    parameters = [p for p in tool.parameters() if p.requires_grad]
+    parameters = trainable_parameters(tool)
     optimizer = torch.optim.Adam(parameters, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -124,6 +123,4 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         history.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"bto step {step + 1}/{steps}  tool loss {np.mean(history[-log_every:]):.4f}", flush=True)
     return {"losses": history, "seconds": time.perf_counter() - start, "valid_rollouts": len(usable)}

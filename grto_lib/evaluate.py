@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .generation import MAX_NEW_TOKENS, generate_completions
-from .geometry import box_iou, box_on_target, mask_to_box, mask_to_points
+from .geometry import box_iou, box_on_target, mask_to_box
 from .metrics import cod_scores, mask_iou, segmentation_scores
 from .scorer import RolloutScorer
 
@@ -78,13 +78,12 @@ def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *,
     return scores, records
 
 
-def evaluate_oracle(tool, dataset, *, indices=None, with_points: bool = False, with_cod=None) -> dict:
-    """The ceiling: the tool prompted with each target's ground-truth box (and points when asked)."""
+def evaluate_oracle(tool, dataset, *, indices=None, with_cod=None) -> dict:
+    """The ceiling: the tool prompted with each target's ground-truth box."""
     indices = _subset(dataset, indices)
     samples = [dataset[i] for i in indices]
     boxes = np.stack([mask_to_box(s.mask) for s in samples])
-    points = np.stack([mask_to_points(s.mask) for s in samples]) if with_points else None
-    probabilities = _tool_probabilities(tool, samples, boxes, points, np.ones(len(samples), dtype=bool))
+    probabilities = _tool_probabilities(tool, samples, boxes, None, np.ones(len(samples), dtype=bool))
     with_cod = with_cod if with_cod is not None else samples[0].id.startswith("cod")
     return _scores(samples, probabilities, list(boxes), with_cod)
 
@@ -106,8 +105,7 @@ def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, 
     terms = scorer.score(flat_text, flat_index)  # parses, runs the tool once per image, scores
     batch = scorer.pop_tool_batch()
     weights = RewardWeights()
-    totals = torch.tensor([sum(getattr(weights, k) * terms[k][r] for k in terms) for r in range(len(flat_text))])
-    advantages = group_advantages(totals, group_size).tolist()
+    advantages = group_advantages(torch.as_tensor(weights.total(terms)), group_size).tolist()
     rollouts = [
         {"completion": text, "valid": bool(valid), "box": box.cpu().numpy() if valid else None,
          "points": points.cpu().numpy() if valid else None, "mask": mask,

@@ -57,8 +57,11 @@ def generate_completions(model, processor, samples, policy_image_size: int, *, n
 def completion_logprobs(model, processor, sample, completions: list[str], policy_image_size: int):
     """Per-token log-probabilities of ``completions`` (re-tokenized) given ``sample``'s prompt.
 
+    Each completion's tokens are followed by the end-of-turn token (the tokenizer's ``eos_token``) that ended
+    it, which TRL counts as a completion token too; a completion cut at the length limit had none, so this
+    assumes every completion ended on its own (the tiny stand-in's stop far below the limit).
     Returns ``(logps [G, T], mask [G, T])``, right-padded, differentiable w.r.t. the policy: the quantities
-    TRL's GRPO loss is built from (``losses.grpo_token_loss``).
+    TRL's GRPO loss is built from (``losses.grpo_token_loss``, ``losses.clipped_policy_loss``).
     """
     tokenizer = _tokenizer(processor)
     device = next(model.parameters()).device
@@ -66,7 +69,8 @@ def completion_logprobs(model, processor, sample, completions: list[str], policy
     image = policy_view(sample.image, policy_image_size)
     prompt_inputs = processor(text=[prompt] * len(completions), images=[image] * len(completions),
                               return_tensors="pt", padding=True).to(device)
-    completion_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    completion_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                      for c in completions]
     length = max(len(ids) for ids in completion_ids)
     ids = torch.full((len(completions), length), tokenizer.pad_token_id, device=device)
     mask = torch.zeros((len(completions), length), device=device)

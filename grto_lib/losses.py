@@ -3,8 +3,11 @@ r"""The math of a GRTO update as pure torch functions: advantages, the GRPO surr
 Notation: a batch of B completions, G per prompt (consecutive), T completion tokens, mask m_{i,t} in {0, 1}.
 
 * ``group_advantages``: A_i = (r_i - mean_{g(i)} r) / (std r + eps), as TRL 1.16's GRPOTrainer computes them.
+* ``clipped_policy_loss``: the paper's GRPO objective in a few lines (the clipped-ratio surrogate, each
+  completion's tokens averaged, then the completions).
 * ``grpo_token_loss``: TRL 1.16's ``GRPOTrainer._compute_loss`` for loss types grpo, bnpo, dr_grpo, dapo,
-  given per-token log-probabilities (no model): the clipped-ratio surrogate plus the optional k3 KL term.
+  given per-token log-probabilities (no model): the clipped-ratio surrogate plus the optional k3 KL term. With
+  the trainer's defaults (``loss_type="grpo"``, no KL, one micro-batch) it equals ``clipped_policy_loss``.
 * ``tool_loss``: the differentiable stand-in for the mask reward, per rollout (BCE + soft Dice, or soft IoU).
 * ``tool_loss_weights``: how per-rollout tool losses are averaged. Since sampling o ~ pi_theta does not
   depend on the tool's parameters phi, grad_phi J = E_o[grad_phi r_mask] has no score-function term, and
@@ -70,6 +73,24 @@ def group_advantages(rewards, group_size: int, scale: str = "group", eps: float 
     if scale != "none":
         advantages = advantages / (std + eps)
     return torch.nan_to_num(advantages, nan=0.0)
+
+
+def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, epsilon: float = 0.2) -> torch.Tensor:
+    r"""The GRPO objective of the paper, negated, for one batch of completions (no KL term):
+
+        L = -(1/B) sum_i (1/|o_i|) sum_t min(rho_{i,t} A_i, clip(rho_{i,t}, 1 - eps, 1 + eps) A_i),
+        rho_{i,t} = pi_theta(o_{i,t} | q, o_{i,<t}) / pi_old(o_{i,t} | q, o_{i,<t}),
+
+    with ``logps``, ``old_logps`` [B, T] the per-token log-probabilities (``old_logps`` without gradient; on the
+    first update after sampling they equal ``logps.detach()``, so rho = 1 and the gradient is
+    -(1/B) sum_i A_i (1/|o_i|) sum_t grad log pi), ``advantages`` [B] and ``mask`` [B, T] (1 on completion tokens).
+    """
+    ratio = torch.exp(logps - old_logps)
+    a = advantages.unsqueeze(1)
+    per_token = torch.min(ratio * a, ratio.clamp(1 - epsilon, 1 + epsilon) * a)
+    per_completion = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return -per_completion.mean()
 
 
 def grpo_token_loss(

@@ -9,33 +9,62 @@ import matplotlib.pyplot as plt
 import numpy as np
 from transformers import TrainerCallback
 
-MASK_RGB = {"pred": (0.12, 0.56, 1.0), "gt": (1.0, 0.3, 0.1)}
+PRED_RGB = (1.0, 0.0, 0.85)
+"""The tool's mask: magenta, a colour none of the synthetic scenes uses."""
+BOX_RGB = (0.2, 1.0, 0.2)
+"""The policy's box: lime."""
 
 
 def show_sample(ax, image, *, mask=None, pred=None, box=None, points=None, title=None):
-    """One image with, optionally, the target outline (orange), a predicted mask (blue), a box and points."""
+    """One image with, optionally, the target's outline (white on black), the tool's mask (magenta), the
+    policy's box (lime) and points (white stars)."""
     ax.imshow(image)
-    if pred is not None:
+    if pred is not None and pred.any():
         overlay = np.zeros((*pred.shape, 4))
-        overlay[pred] = (*MASK_RGB["pred"], 0.45)
+        overlay[pred] = (*PRED_RGB, 0.35)
         ax.imshow(overlay)
-    if mask is not None:
-        ax.contour(mask.astype(float), levels=[0.5], colors=[MASK_RGB["gt"]], linewidths=1.2)
+        ax.contour(pred.astype(float), levels=[0.5], colors=[PRED_RGB], linewidths=1.2)
+    # outlines are drawn twice, a black line under a light one, to show on light and dark scenes alike
+    if mask is not None and mask.any():
+        for colour, width, style in (("black", 2.6, "solid"), ("white", 1.0, "dashed")):
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=width, linestyles=style)
     if box is not None:
         x1, y1, x2, y2 = box
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.5))
+        for colour, width in (("black", 3.0), (BOX_RGB, 1.4)):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=width))
     if points is not None and len(points):
         pts = np.asarray(points)
-        ax.scatter(pts[:, 0], pts[:, 1], s=30, c="yellow", marker="*", edgecolors="black", linewidths=0.5)
+        ax.scatter(pts[:, 0], pts[:, 1], s=60, c="white", marker="*", edgecolors="black", linewidths=0.8, zorder=3)
     if title:
-        ax.set_title(title, fontsize=8, wrap=True)
+        ax.set_title(title, fontsize=9)
+    h, w = np.asarray(image).shape[:2]
+    ax.set_xlim(-0.5, w - 0.5)  # a box drawn past the border does not resize the panel
+    ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
 
 
-def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, columns: int = 4):
-    """A grid of samples (targets outlined), with optional predicted masks, boxes, points and titles."""
+def _legend(fig, *, pred: bool, box: bool, points: bool) -> None:
+    """What the marks drawn mean, below the panels."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color="black", linewidth=2.6, linestyle="dashed", label="target (white dashed outline)")]
+    if pred:
+        handles.append(Patch(facecolor=(*PRED_RGB, 0.35), edgecolor=PRED_RGB, label="the tool's mask"))
+    if box:
+        handles.append(Line2D([], [], color=BOX_RGB, linewidth=2, label="the policy's box"))
+    if points:
+        handles.append(Line2D([], [], color="white", marker="*", markersize=11, markeredgecolor="black",
+                              linestyle="none", label="the policy's points"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+
+
+def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, columns: int = 4, title=None):
+    """A grid of samples (targets outlined), with optional predicted masks, boxes, points, panel titles, a
+    figure title and a legend."""
     rows = int(np.ceil(len(samples) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows + 0.6), squeeze=False,
+                             layout="constrained")
     for k, ax in enumerate(axes.flat):
         if k >= len(samples):
             ax.set_axis_off()
@@ -43,20 +72,24 @@ def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, co
         pick = lambda seq: None if seq is None else seq[k]  # noqa: E731
         show_sample(ax, samples[k].image, mask=samples[k].mask, pred=pick(preds), box=pick(boxes),
                     points=pick(points), title=pick(titles) or samples[k].query)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _legend(fig, pred=preds is not None, box=boxes is not None, points=points is not None)
     return fig
 
 
-def qualitative_grid(samples, records, columns: int = 4):
+def qualitative_grid(samples, records, columns: int = 4, title=None):
     """Evaluation records (``evaluate_policy(..., return_records=True)``): query, reasoning, box, mask, IoU."""
     titles = [f"{r['query']}\n{_reasoning(r['completion'])}\nIoU {r['iou']:.2f}" for r in records]
     return sample_grid(samples, preds=[r["mask"] for r in records],
                        boxes=[r["box"] if r["valid"] else None for r in records],
-                       points=[r["points"] if r["valid"] else None for r in records], titles=titles, columns=columns)
+                       points=[r["points"] if r["valid"] else None for r in records], titles=titles, columns=columns,
+                       title=title)
 
 
 def _reasoning(completion: str, limit: int = 40) -> str:
-    text = completion.split("</think>")[0].replace("<think>", "").strip()
+    """The end of the thought, where the stand-in reads the query and picks (``... means X = pick``)."""
+    text = completion.split("</think>")[0].replace("<think>", "").strip().split(" means ")[-1]
     return (text[:limit] + "...") if len(text) > limit else text
 
 
@@ -94,49 +127,55 @@ def plot_learning_curves(curves: dict, *, metric: str = "giou", reference: dict 
 
 
 class LivePlot(TrainerCallback):
-    """Redraws reward, mask IoU and tool loss at every log (in Jupyter; a final figure under papermill)."""
+    """Reward, mask IoU and tool loss, redrawn at every log in one figure of the notebook (when the backend is
+    Jupyter's inline one), updated in place below TRL's progress bar, which stays visible; ``save`` writes it."""
 
     KEYS = (("reward", "total reward"), ("rewards/mask/mean", "mask IoU reward"), ("tool/loss", "tool loss"))
 
     def __init__(self, live: bool | None = None):
         self.history = {key: [] for key, _ in self.KEYS}
         self.live = matplotlib.get_backend().lower().endswith("inline") if live is None else live
-        self.figure = None
+        self._display = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key, _ in self.KEYS:
             if logs and key in logs:
                 self.history[key].append((state.global_step, float(logs[key])))
         if self.live:
-            from IPython.display import clear_output, display
-            clear_output(wait=True)
-            display(self.draw())
-            plt.close(self.figure)
+            from IPython.display import display
+            figure = self.draw()
+            if self._display is None:
+                self._display = display(figure, display_id=True)
+            else:
+                self._display.update(figure)
+            plt.close(figure)  # shown once, in place; not again when the cell ends
 
     def draw(self):
-        self.figure, axes = plt.subplots(1, 3, figsize=(12, 3))
+        """The figure of the curves so far (the caller closes it)."""
+        figure, axes = plt.subplots(1, 3, figsize=(12, 3))
         for ax, (key, title) in zip(axes, self.KEYS):
             if self.history[key]:
                 steps, values = zip(*self.history[key])
-                ax.plot(steps, values)
+                ax.plot(steps, values, marker="o", markersize=3)
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        self.figure.tight_layout()
-        return self.figure
+        figure.tight_layout()
+        return figure
+
+    def save(self, path, dpi: int = 80) -> None:
+        """Write the figure to ``path`` without showing it again."""
+        figure = self.draw()
+        figure.savefig(path, dpi=dpi)
+        plt.close(figure)
 
 
-def rollout_group_figure(sample, group):
-    """One sample's G rollouts side by side: box, points, the tool's mask, total reward and the thought."""
-    fig, axes = plt.subplots(1, len(group), figsize=(2.3 * len(group), 3), squeeze=False)
-    for ax, rollout in zip(axes[0], group):
-        total = sum(rollout["rewards"].values())
-        show_sample(ax, sample.image, mask=sample.mask, pred=rollout["mask"], box=rollout["box"],
-                    points=rollout["points"], title=f"r={total:.2f} A={rollout['advantage']:+.2f}\n"
-                                                    f"{_reasoning(rollout['completion'], 24)}")
-    fig.suptitle(sample.query, fontsize=9)
-    fig.tight_layout()
-    return fig
+def rollout_group_figure(sample, group, columns: int = 4):
+    """One sample's G rollouts: box, points, the tool's mask, total reward, advantage and the reading."""
+    return sample_grid([sample] * len(group), preds=[r["mask"] for r in group], boxes=[r["box"] for r in group],
+                       points=[r["points"] for r in group], columns=columns, title=sample.query,
+                       titles=[f"r = {sum(r['rewards'].values()):.2f}, A = {r['advantage']:+.2f}\n"
+                               f"{_reasoning(r['completion'], 30)}" for r in group])
 
 
 def rollout_explorer(samples, groups):
@@ -154,7 +193,7 @@ def rollout_explorer(samples, groups):
     def png(i: int) -> bytes:
         fig = rollout_group_figure(samples[i], groups[i])
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=70)
+        fig.savefig(buffer, format="png", dpi=80)
         plt.close(fig)
         return buffer.getvalue()
 

@@ -42,7 +42,6 @@ time and what the stand-in scores.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -56,7 +55,7 @@ from scipy import ndimage
 
 from .data import NAMES, RELATIONS, SHAPES, load_dataset, query_corpus
 from .geometry import mask_to_box
-from .policy import MAX_NUMBER, build_tiny_policy
+from .policy import build_tiny_policy
 from .prompts import build_messages, format_answer, policy_view
 
 IMAGE_SIZE = 128

@@ -238,6 +238,11 @@ class RewardWeights:
     mask: float = 2.0
     """``mask_reward``: IoU of the tool's mask with the target mask."""
 
+    def total(self, terms: dict):
+        """The total reward: ``sum_k weight_k * terms[k]`` over the terms given (each a number, or one value per
+        rollout: then an array). TRL adds the terms the same way (``GRPOConfig.reward_weights``)."""
+        return sum(getattr(self, name) * np.asarray(values, dtype=float) for name, values in terms.items())
+
 
 def total_reward(
     text,
@@ -275,5 +280,5 @@ def total_reward(
         "points": points_reward(answer, mask),
         "mask": mask_reward(pred_mask, mask, ignore) if answer is not None else 0.0,
     }
-    terms["total"] = sum(getattr(weights, name) * value for name, value in terms.items())
+    terms["total"] = float(weights.total(terms))
     return terms

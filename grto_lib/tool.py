@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +38,8 @@ from safetensors.torch import load_file, save_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
+
+from .files import atomic_write, write_text
 
 PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
 TRAINABLE = ("decoder", "decoder+prompt", "all")
@@ -413,18 +414,8 @@ def save_tool(tool: SegmentationTool, folder: str | os.PathLike) -> None:
     fields = dataclasses.asdict(dataclasses.replace(tool.config, checkpoint=None,
                                                     image_size=tool.config.resolved_image_size()))
 
-    def write(name, dump):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            dump(tmp)
-            os.replace(tmp, folder / name)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    write(WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    write(CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(fields, indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_text(folder / CONFIG_FILE, json.dumps(fields, indent=2) + "\n")
 
 
 def trainable_parameters(tool: SegmentationTool) -> list[nn.Parameter]:

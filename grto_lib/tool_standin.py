@@ -32,18 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from grto_lib.geometry import mask_to_box, mask_to_points
+from grto_lib.losses import tool_loss
 from grto_lib.tool import SegmentationTool, ToolConfig, load_tool, save_tool, trainable_parameters
-
-
-def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of the pixel-averaged BCE(sigmoid(logits), y) plus the Dice loss
-    ``1 - (2 sum(p y) + 1) / (sum p + sum y + 1)`` (p = sigmoid(logits), sums over the sample's pixels)."""
-    targets = targets.float()
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1).mean(1)
-    probs = torch.sigmoid(logits).flatten(1)
-    y = targets.flatten(1)
-    dice = 1 - (2 * (probs * y).sum(1) + 1) / (probs.sum(1) + y.sum(1) + 1)
-    return (bce + dice).mean()
 
 
 def jittered_prompts(mask: np.ndarray, rng: np.random.Generator, box_noise: float = 0.1, max_noise_px: float = 20.0,
@@ -242,8 +232,8 @@ def train_tool_standin(
             torch.tensor(np.array(points), dtype=torch.float32), [im.shape[:2] for im in images],
             point_labels=torch.tensor(np.array(labels), dtype=torch.float32),
         )
-        loss = bce_dice_loss(torch.stack(list(logits)) if isinstance(logits, list) else logits,
-                             torch.from_numpy(np.array(targets)))
+        loss = tool_loss(torch.stack(list(logits)) if isinstance(logits, list) else logits,
+                         torch.from_numpy(np.array(targets))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)

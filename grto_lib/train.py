@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
 from .config import TrainConfig, repo_path
 from .data import load_dataset
 from .evaluate import evaluate_policy
+from .files import json_default, write_json, write_text
 from .policy import PolicyConfig, load_policy
 from .prompts import stratified_order, to_trl_rows
 from .rewards import RewardWeights
@@ -91,7 +91,7 @@ class _LearningCurve(TrainerCallback):
             return
         scores = self.evaluate(model)
         self.points.append({"step": step, "seconds": round(self.time_offset + self.train_seconds, 2), **scores})
-        self.path.write_text("".join(json.dumps(p) + "\n" for p in self.points))
+        write_text(self.path, "".join(json.dumps(p) + "\n" for p in self.points))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.points = [p for p in self.points if p["step"] <= state.global_step]
@@ -122,7 +122,7 @@ class _LogFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}, default=_to_builtin) + "\n")
+                f.write(json.dumps({"step": state.global_step, **logs}, default=json_default) + "\n")
 
 
 def grpo_args(config: TrainConfig, out: Path):
@@ -257,7 +257,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
         "distributed": in_sync,
         "log_history": trainer.state.log_history,
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -332,22 +332,8 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
                "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],
                "bto_losses": result["losses"]}
-    _write_json(out / "bto.json", summary)
+    write_json(out / "bto.json", summary)
     return {k: v for k, v in summary.items() if k != "bto_losses"}
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_to_builtin))
-    os.replace(tmp, path)
-
-
-def _to_builtin(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, int]:
@@ -377,7 +363,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(threads)
     metrics = train(config)
     if metrics:  # the main process (others return {})
-        print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=_to_builtin))
+        print(json.dumps({"test": metrics["test"], "timing": metrics["timing"]}, indent=2, default=json_default))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,24 +33,20 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import losses
+from .files import atomic_write, write_text
 from .geometry import box_on_target
 from .scorer import RolloutScorer
-from .tool import WEIGHTS_FILE, save_tool
+from .tool import WEIGHTS_FILE, save_tool, trainable_parameters
 
+TRL_VERSION = "1.16.0"
+"""The TRL release this trainer is written against. It overrides private methods of ``trl.GRPOTrainer``
+(``_generate_and_score_completions``, ``_compute_loss``) and of ``transformers.Trainer`` (``_save_checkpoint``,
+``_load_from_checkpoint``, ``_load_optimizer_and_scheduler``), which another release may rename or change
+without notice. The pins (requirements.lock, requirements.txt, pyproject.toml, environment.yml) hold it, and
+``tests/test_packaging.py`` checks the installed TRL and every overridden method against it."""
 TOOL_CHECKPOINT_DIR = "tool"
 COMPLETE_MARKER = "COMPLETE"
 """Written last into a checkpoint folder: a folder without it was interrupted mid-write and is never resumed."""
-
-
-def _atomic_write(path: Path, dump) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        dump(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_tool_state(tool, optimizer, folder) -> None:
@@ -59,7 +54,7 @@ def save_tool_state(tool, optimizer, folder) -> None:
     folder = Path(folder)
     save_tool(tool, folder)
     if optimizer is not None:
-        _atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
+        atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
 
 
 def load_tool_state(tool, optimizer, folder) -> None:
@@ -109,7 +104,7 @@ class GRTOTrainer(GRPOTrainer):
         self.tool_loss_kind = tool_loss
         self.tool_weighting = tool_weighting
         self.tool_max_grad_norm = tool_max_grad_norm
-        self.tool_parameters = [p for p in self.tool.parameters() if p.requires_grad] if train_tool else []
+        self.tool_parameters = trainable_parameters(self.tool) if train_tool else []
         self.tool_optimizer = torch.optim.Adam(self.tool_parameters, lr=tool_lr) if self.tool_parameters else None
         self.tool.train(False)  # no dropout/batch-norm updates; gradients still flow
         if not train_tool:
@@ -206,7 +201,7 @@ class GRTOTrainer(GRPOTrainer):
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             save_tool_state(self.tool, self.tool_optimizer, os.path.join(folder, TOOL_CHECKPOINT_DIR))
-            _atomic_write(Path(folder) / COMPLETE_MARKER, lambda tmp: Path(tmp).write_text("ok\n"))
+            write_text(Path(folder) / COMPLETE_MARKER, "ok\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Full-model checkpoints are saved with ``save_pretrained``, whose Qwen2.5-VL key names differ from the

@@ -48,11 +48,19 @@ def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
          method="grto", output_dir=str(tmp_path / "from_root"), **small)
     _run("03_joint_training.ipynb", tmp_path / "b.ipynb", ROOT / "notebooks",
          method="grpo", output_dir=str(tmp_path / "from_notebooks"), **small)
+    executed = nbformat.read(tmp_path / "a.ipynb", as_version=4)
+    training_cell = next(c for c in executed.cells if "LivePlot()" in c.source)
+    figures = [o for o in training_cell.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == 1, "the training figure is drawn once, updated in place"
     for run in ("from_root", "from_notebooks"):
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["test"]["n"] == 200 and 0 <= metrics["test"]["giou"] <= 1
         assert metrics["test"]["format_valid"] > 0.5
         assert (tmp_path / run / "training.png").is_file()
+        # the step by hand: one update of each, on the group it was computed from, lowers both losses
+        by_hand = json.loads((tmp_path / run / "step_by_hand.json").read_text())
+        assert by_hand["policy_loss"][1] < by_hand["policy_loss"][0], by_hand
+        assert by_hand["tool_loss"][1] < by_hand["tool_loss"][0] or by_hand["tool_loss"] == [0.0, 0.0], by_hand
 
 
 @pytest.mark.parametrize("parameters,message", [

@@ -1,8 +1,6 @@
 """The tool: shapes, gradients, the batched decoder against segment_anything's own, coordinates, checkpoints."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -18,8 +16,7 @@ from grto_lib.tool import (
     save_tool,
     trainable_parameters,
 )
-from grto_lib.tool_standin import (augment_scene, bce_dice_loss, generic_scene, jittered_prompts, train_tool_standin,
-                                   zoom_out)
+from grto_lib.tool_standin import augment_scene, generic_scene, jittered_prompts, train_tool_standin, zoom_out
 
 torch.set_num_threads(1)
 
@@ -215,12 +212,6 @@ def test_config_rejects_bad_values():
         tool.decode(emb, torch.tensor([0, 1]), BOXES[:2], None, [(128, 128)])
     with pytest.raises(ValueError, match="H x W x 3 uint8"):
         tool.embed([np.zeros((8, 8, 3), dtype=np.float32)])
-
-
-def test_bce_dice_loss_by_hand():
-    # logits 0 -> p = 1/2; target all ones on 2 x 2: BCE = ln 2, Dice = 1 - (2*2 + 1)/(2 + 4 + 1) = 2/7
-    loss = bce_dice_loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool))
-    assert loss.item() == pytest.approx(math.log(2) + 2 / 7, abs=1e-6)
 
 
 def test_jittered_prompts_stay_in_the_image_and_near_the_box():

@@ -156,6 +156,63 @@ def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type, scale):
     assert torch.allclose(seen["advantages"], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("weighting", ["on_target", "uniform"])
+def test_the_step_by_hand_of_notebook_03_computes_the_trainers_loss(tmp_path, weighting):
+    """On GRTOTrainer's own batch, notebook 03's hand-made step (log-probs recomputed from the completion texts,
+    ``losses.clipped_policy_loss``, the tool's masks from the parsed prompts, the gated weights and
+    ``losses.rollout_tool_losses``) gives the trainer's loss and the same gradients for policy and tool, to 1e-5.
+    (On-policy the policy loss's value is -mean(A) whatever the log-probs: the gradients are the real check.)"""
+    from grto_lib.generation import completion_logprobs
+    from grto_lib.geometry import box_on_target
+    from grto_lib.tool import trainable_parameters
+
+    config = TrainConfig(method="grto", tool_weighting=weighting, output_dir=str(tmp_path),
+                         **dict(TINY, steps=1, curve_every=0))
+    train_set, _ = load_splits(config)
+    policy, processor, tool, size = load_models(config)
+    trainer = build_trainer(config, policy, processor, tool, train_set, size)
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    tool_params = trainable_parameters(tool)
+    seen = {}
+    compute = trainer._compute_loss
+
+    def gradients(loss, params):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)])
+
+    def spy_compute(model, inputs):
+        loss = compute(model, inputs)
+        seen["trainer"] = (loss.detach(), gradients(loss, policy_params), gradients(loss, tool_params))
+        index = inputs["tool_sample_index"].tolist()
+        texts = processor.tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
+        policy_loss = 0
+        for i in sorted(set(index)):  # one prompt's group at a time, as in the notebook (TRL shuffles the rows)
+            rows = [r for r, j in enumerate(index) if j == i]
+            logps, mask = completion_logprobs(model, processor, train_set[i], [texts[r] for r in rows], size)
+            policy_loss = policy_loss + losses.clipped_policy_loss(
+                logps, logps.detach(), inputs["advantages"][rows], mask) * len(rows) / len(texts)
+        samples = [train_set[i] for i in index]
+        _, boxes, points, valid = trainer.scorer.parse(texts, index)
+        if weighting == "on_target":
+            valid = valid & box_on_target(boxes, [s.mask for s in samples])
+        weights = losses.tool_loss_weights(inputs["advantages"], torch.as_tensor(valid), weighting)
+        logits = tool.decode(tool.embed([s.image for s in samples]), torch.arange(len(samples)),
+                             torch.tensor(boxes, dtype=torch.float32), torch.tensor(points, dtype=torch.float32),
+                             [s.mask.shape for s in samples])
+        tool_loss = (weights * losses.rollout_tool_losses(logits, samples)).sum()
+        hand = policy_loss + config.tool_loss_weight * tool_loss
+        seen["hand"] = (hand.detach(), gradients(hand, policy_params), gradients(hand, tool_params))
+        return loss
+
+    trainer._compute_loss = spy_compute
+    trainer.train()
+    for name, ours, theirs in zip(("loss", "policy gradient", "tool gradient"), seen["hand"], seen["trainer"]):
+        assert torch.allclose(ours, theirs, atol=1e-5), (name, (ours - theirs).abs().max())
+    assert seen["trainer"][1].abs().max() > 1e-3  # the policy gradient is not trivially zero
+    if weighting == "uniform":  # every valid rollout trains the tool: its term is not trivially zero either
+        assert seen["trainer"][2].abs().max() > 1e-3
+
+
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     common = dict(TINY, steps=4, save_steps=2, curve_every=0)
     whole = train(TrainConfig(method="grto", output_dir=str(tmp_path / "whole"), **common))
