@@ -434,7 +434,17 @@ def _load_tiny(config: PolicyConfig, dtype):
             f"PolicyConfig.policy_image_size={config.policy_image_size} but the tiny policy in {path} reads "
             f"{trained_size} px images; set policy_image_size={trained_size} or build a policy for that size"
         )
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    from transformers.utils import logging as transformers_logging
+
+    # The stand-in loads in milliseconds; transformers' "Loading weights" bar would only leave a frozen widget
+    # in every notebook that loads it.
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    finally:
+        if bar:
+            transformers_logging.enable_progress_bar()
     _set_generation_tokens(model, processor.tokenizer)
     return model, processor
 
