@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 OUT ?= outputs/demo
 
-.PHONY: setup demo test standins results fuzz clean
+.PHONY: setup demo test standins results fuzz clean course
 
 setup: .venv/.installed
 
@@ -43,3 +43,7 @@ clean:
 # The paper's claims in miniature (issue: results table and learning curves); about an hour on 2 cores.
 results: setup
 	$(PY) -m grto_lib.results --jobs 2
+
+# The graded exercises' student release: course/release/grto_exercises/ (README, "For instructors").
+course: setup
+	cd course && PATH=$(CURDIR)/.venv/bin:$$PATH nbgrader generate_assignment grto_exercises --force

@@ -40,9 +40,9 @@ SEEDS = (0, 1, 2)
 COMMON = dict(steps=20, prompts_per_step=8, num_generations=8, train_size=2000, eval_size=200, curve_every=5,
               curve_size=32, save_steps=20, logging_steps=1)
 """Equal compute for every main run."""
-CONTROL_EXTRA_STEPS = 13
-"""The compute-matched control's extra RL steps: B-GRTO's BTO (128 prompts x 8 rollouts, 200 tool updates) took
-about 130 s on the 2-core machine with two runs at once, as long as about 13 GRTO steps of about 10 s."""
+CONTROL_EXTRA_STEPS = 10
+"""The compute-matched control's extra RL steps: B-GRTO's BTO (1,024 prompts x 1 rollout, 200 tool updates) took
+72 s on one thread of the 2-core AMD EPYC machine, as long as about 10 GRTO steps of about 7 s."""
 
 
 def plan() -> dict[str, TrainConfig]:

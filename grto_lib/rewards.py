@@ -100,6 +100,17 @@ def _answer_payload(text: str) -> str | None:
     return text[start:end]
 
 
+def parse_box(value) -> tuple[float, float, float, float] | None:
+    """The ``"bbox"`` value of a decoded answer as ``(x1, y1, x2, y2)``, or ``None`` unless it is a list of 4 JSON
+    numbers (not booleans), finite, in order (x1 <= x2, y1 <= y2); each is clamped to +-``COORD_LIMIT``."""
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    box = tuple(_number(v) for v in value)
+    if any(v is None for v in box) or box[0] > box[2] or box[1] > box[3]:
+        return None
+    return box
+
+
 def parse_answer(text) -> Answer | None:
     """The ``Answer`` in a completion, or ``None`` if it does not follow the format. Never raises."""
     if not isinstance(text, str):
@@ -113,11 +124,8 @@ def parse_answer(text) -> Answer | None:
         return None
     if not isinstance(data, dict) or "bbox" not in data or "points" not in data:
         return None
-    bbox, points = data["bbox"], data["points"]
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        return None
-    box = [_number(v) for v in bbox]
-    if any(v is None for v in box) or box[0] > box[2] or box[1] > box[3]:
+    box, points = parse_box(data["bbox"]), data["points"]
+    if box is None:
         return None
     if not isinstance(points, list) or len(points) > MAX_POINTS:
         return None
@@ -129,7 +137,7 @@ def parse_answer(text) -> Answer | None:
         if x is None or y is None:
             return None
         pts.append((x, y))
-    return Answer(bbox=tuple(box), points=pts)
+    return Answer(bbox=box, points=pts)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from grto_lib.rewards import (
     box_reward,
     format_reward,
     mask_reward,
+    parse_box,
     parse_answer,
     points_reward,
     total_reward,
@@ -359,3 +360,12 @@ def test_reward_terms_stay_in_range(a, gt_box, mask_bits, pred_bits, threshold):
     assert 0.0 <= mask_reward(pred, mask) <= 1.0
     terms = total_reward(GOOD, a, gt, mask, pred, box_threshold=threshold)
     assert 0.0 <= terms["total"] <= 4.5 and math.isfinite(terms["total"])
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([1, 2, 3, 4], (1.0, 2.0, 3.0, 4.0)), ([5, 5, 5, 9], (5.0, 5.0, 5.0, 9.0)),
+    ([0, 0, 10 ** 30, 1], (0.0, 0.0, COORD_LIMIT, 1.0)),
+    ([3, 2, 1, 4], None), ([1, 4, 3, 2], None), ([True, 2, 3, 4], None), (["1", 2, 3, 4], None), ([1, 2, 3], None),
+    ([1, 2, 3, float("nan")], None), ((1, 2, 3, 4), None), (None, None)])
+def test_parse_box_accepts_only_four_finite_ordered_numbers(value, expected):
+    assert parse_box(value) == expected

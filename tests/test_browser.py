@@ -1,0 +1,131 @@
+"""The notebooks as a student sees them: JupyterLab (this venv's) in headless Chromium, driven by playwright.
+
+Uses Debian's ``chromium`` package (no browser download; ``.ci/run`` installs it), or the binary named by the
+``CHROMIUM`` environment variable. Without playwright or Chromium these tests skip, naming what is missing.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "grto-browser-test"
+NOTEBOOKS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("course/source/*/*.ipynb")])
+KERNEL_IDLE = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
+    return kernel && kernel.status === "idle" && !panel.sessionContext.pendingInput;
+}"""
+
+
+def _chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -r requirements.lock")
+    binary = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not binary:
+        pytest.skip("no Chromium: install Debian's chromium package (apt-get install chromium) or set CHROMIUM")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on a free port serving a scratch folder, with its own settings and workspaces;
+    yields (url, root folder)."""
+    chromium = _chromium()
+    home = tmp_path_factory.mktemp("lab")
+    root = home / "root"
+    root.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(home / "config"),
+               JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--allow-root",
+               f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"]
+    server = subprocess.Popen(command, env=env, stdout=open(home / "lab.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(120):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield chromium, f"http://127.0.0.1:{port}", root
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _open(browser, url, name):
+    """A page showing notebook ``name`` with its kernel idle, and the list its console errors go to."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{url}/lab/tree/{name}?token={TOKEN}")
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+    return page, errors
+
+
+def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
+    from playwright.sync_api import sync_playwright
+
+    chromium, url, root = lab
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        for path in NOTEBOOKS:
+            shutil.copy(path, root / path.name)
+            page, errors = _open(browser, url, path.name)
+            time.sleep(2)  # metadata from the kernel's info reply lands after the kernel reports idle
+            dirty = page.evaluate("window.jupyterapp.shell.currentWidget.context.model.dirty")
+            assert not dirty, f"{path.relative_to(ROOT)} is marked modified on opening (tests/test_notebook_files.py)"
+            assert not errors, f"console errors opening {path.name}: {errors}"
+            page.close()
+        browser.close()
+
+
+def test_notebook_04_runs_and_the_rollout_explorer_slider_changes_the_image(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium, url, root = lab
+    notebook = nbformat.read(ROOT / "notebooks" / "04_evaluation.ipynb", as_version=4)
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    parameters.source += (f"\neval_size = 16\nexplorer_samples = 3\nthreads = 1\n"
+                          f"runs_root = {str(tmp_path / 'runs')!r}\noutput_dir = {str(tmp_path / 'eval')!r}\n")
+    nbformat.write(notebook, root / "04_small.ipynb")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page, errors = _open(browser, url, "04_small.ipynb")
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        image = page.locator(".widget-image").first
+        image.wait_for(state="attached", timeout=600_000)
+        page.wait_for_function(KERNEL_IDLE, timeout=600_000)
+        image.scroll_into_view_if_needed()
+        outputs = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
+            .filter(cell => cell.model.type === "code").map(cell => cell.model.outputs.toJSON())""")
+        failed = [o for cell in outputs for o in cell if o["output_type"] == "error"]
+        assert not failed, f"a cell failed: {json.dumps(failed)[:2000]}"
+        assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["reference"]["n"] == 16
+
+        before = image.get_attribute("src")
+        handle = page.locator(".widget-slider .noUi-handle").first
+        handle.focus()
+        handle.press("ArrowRight")
+        page.wait_for_function("src => document.querySelector('.widget-image').src !== src", arg=before,
+                               timeout=60_000)
+        assert page.locator(".widget-readout").first.inner_text().strip() == "1"
+        page.screenshot(path=str(tmp_path / "rollout_explorer.png"), full_page=False)
+        body = page.locator("body").inner_text()
+        assert "Error displaying widget" not in body and "Error rendering" not in body
+        assert not errors, f"console errors: {errors}"
+        browser.close()
