@@ -19,7 +19,7 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 standins: setup
-	OMP_NUM_THREADS=1 $(PY) -m grto_lib.standins --force
+	OMP_NUM_THREADS=1 $(PY) -m grto_lib.tinyworld.standins --force
 
 # The main job: BTO walk-through (02), GRPO, GRTO and B-GRTO on reasonseg (03, three times), their comparison (04).
 demo: setup
@@ -42,7 +42,7 @@ clean:
 
 # The paper's claims in miniature (issue: results table and learning curves); about an hour on 2 cores.
 results: setup
-	$(PY) -m grto_lib.results --jobs 2
+	$(PY) -m grto_lib.study.results --jobs 2
 
 # The graded exercises' student release: course/release/grto_exercises/ (README, "For instructors").
 course: setup

@@ -405,29 +405,20 @@ def step_probe(counter):
 def trainer_args(method: str, prompts: int, group: int, steps: int, max_new_tokens: int, micro_batch: int,
                  tokenizer, output_dir: str, generate_every: int = 1):
     """TRL GRPOConfig from ``grto_lib.train.grpo_args`` (the project's settings), with benchmark overrides."""
-    import trl
-
     from grto_lib.config import TrainConfig
     from grto_lib.train import grpo_args
 
     config = TrainConfig(method=method, preset="paper", prompts_per_step=prompts, num_generations=group,
                          steps=steps, max_completion_length=max_new_tokens, logging_steps=1, curve_every=0,
                          output_dir=output_dir, loss_type="grpo", generate_every=generate_every)
-    captured = {}
-    original = trl.GRPOConfig
-    trl.GRPOConfig = lambda **kwargs: captured.update(kwargs) or kwargs  # grpo_args imports it from trl
-    try:
-        grpo_args(config, Path(output_dir))
-    finally:
-        trl.GRPOConfig = original
     total = prompts * group
-    captured.update(
+    return config, grpo_args(
+        config, Path(output_dir),
         per_device_train_batch_size=micro_batch, gradient_accumulation_steps=total // micro_batch,
         steps_per_generation=total // micro_batch * generate_every,
         report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=1, warmup_steps=0,
         generation_kwargs={"suppress_tokens": special_ids(tokenizer)},
     )
-    return config, trl.GRPOConfig(**captured)
 
 
 class GenerationTimer:

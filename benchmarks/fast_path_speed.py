@@ -25,7 +25,7 @@ from grto_lib.fast_qwen import disable_fast_paths, enable_fast_paths
 
 def supervised(device: str, batch_size: int, batches: int, steps: int, rounds: int) -> dict:
     from grto_lib.policy import build_tiny_policy
-    from grto_lib.policy_standin import MODEL_SIZES, WORLD_SHARES, WeakLabelMixture, build_batches, standin_corpus
+    from grto_lib.tinyworld.policy_standin import MODEL_SIZES, WORLD_SHARES, WeakLabelMixture, build_batches, standin_corpus
 
     model, processor = build_tiny_policy(standin_corpus(), **MODEL_SIZES)
     mixture = WeakLabelMixture(WORLD_SHARES, 0.5, batch_size * batches)
@@ -62,7 +62,8 @@ def grpo(steps: int, rounds: int) -> dict:
     import tempfile
 
     from grto_lib.config import TrainConfig
-    from grto_lib.train import build_trainer, load_models, load_splits
+    from grto_lib.train import build_trainer
+    from grto_lib.runs import load_models, load_splits
 
     config = TrainConfig(dataset="reasonseg", method="grpo", steps=steps * (2 * rounds + 1), logging_steps=1,
                          save_steps=10_000, output_dir=tempfile.mkdtemp())

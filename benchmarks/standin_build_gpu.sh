@@ -1,9 +1,9 @@
 #!/bin/bash
 # The policy stand-in on a GPU machine, and RL variants from it. Run from the repository root with the wheels of
 # docs/benchmarks.md ("Commands") in .gpu/bench_wheels and OUT set to a folder. On GPU 0: the committed recipe,
-# `python -m grto_lib.standins --only policy --force` (-> OUT/standins.tgz), then the runs listed in $SWEEP (a file
+# `python -m grto_lib.tinyworld.standins --only policy --force` (-> OUT/standins.tgz), then the runs listed in $SWEEP (a file
 # of "name: flags" lines) from it. On the last GPU at the same time: (FAST_PATH=1) the fast path's supervised step,
-# stock vs fast (-> OUT/fast_path_step.json), then `python -m grto_lib.policy_standin` with the overrides in
+# stock vs fast (-> OUT/fast_path_step.json), then `python -m grto_lib.tinyworld.policy_standin` with the overrides in
 # $VARIANT (-> OUT/variant.tgz) and the runs of $SWEEP_VARIANT from it. Every run is cut at DEADLINE seconds after
 # the start; OUT/sweep.json holds every run's learning curve, training log and test scores.
 start=$SECONDS
@@ -24,12 +24,12 @@ sweep() {  # GPU, policy folder, sweep file: one run per line, one CPU thread ea
   [ -n "$FAST_PATH" ] && CUDA_VISIBLE_DEVICES=$last python3 benchmarks/fast_path_speed.py supervised --device cuda \
     --out $OUT/fast_path_step.json > $OUT/fast_path.log 2>&1
   if [ -n "$VARIANT" ]; then
-    CUDA_VISIBLE_DEVICES=$last timeout $(( ${DEADLINE:-540} - 60 )) python3 -m grto_lib.policy_standin \
+    CUDA_VISIBLE_DEVICES=$last timeout $(( ${DEADLINE:-540} - 60 )) python3 -m grto_lib.tinyworld.policy_standin \
       --out /tmp/variant --workers 14 --report $OUT/variant.json $VARIANT > $OUT/variant.log 2>&1 \
       && tar czf $OUT/variant.tgz -C /tmp variant && [ -n "$SWEEP_VARIANT" ] && sweep $last /tmp/variant $SWEEP_VARIANT
   fi
 ) &
-python3 -m grto_lib.standins --only policy --force > $OUT/build.log 2>&1
+python3 -m grto_lib.tinyworld.standins --only policy --force > $OUT/build.log 2>&1
 tar czf $OUT/standins.tgz data/standins
 [ -n "$SWEEP" ] && sweep 0 data/standins/policy $SWEEP
 wait

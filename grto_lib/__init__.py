@@ -16,7 +16,8 @@ from .rewards import Answer, RewardWeights, parse_answer
 from .sample import Sample
 from .scorer import RolloutScorer
 from .tool import SegmentationTool, ToolConfig, load_tool, save_tool
-from .train import build_trainer, load_models, load_run, load_splits, run_folder, train
+from .runs import load_models, load_run, load_splits, run_folder
+from .train import build_trainer, train
 from .trainer import GRTOTrainer
 
 __all__ = [

@@ -81,21 +81,28 @@ def load_bto_buffer(folder, expect_meta: dict | None = None) -> list[dict] | Non
 
 
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
-                   loss_kind: str = "bce_dice", seed: int = 0, on_target: bool = False) -> dict:
-    """Minimise the mean tool loss over valid buffer rollouts for ``steps`` Adam steps (uniform sampling);
-    ``on_target``: only over those whose box matches the target's (``geometry.box_on_target``).
+                   loss_kind: str = "bce_dice", seed: int = 0, weighting: str = "uniform") -> dict:
+    """Minimise the mean tool loss over the buffer rollouts that ``losses.tool_loss_weights`` selects with
+    ``weighting`` (uniform: every valid one; on_target: those whose box matches the target's), for ``steps`` Adam
+    steps of ``batch_size`` rollouts drawn uniformly. The reference policy's rollouts carry no advantages, so the
+    advantage-based schemes do not apply here (``TrainConfig.bto_weighting`` maps them to uniform).
 
     Returns ``{"losses": [per-step loss], "seconds": wall time, "valid_rollouts": n}``.
     """
     start = time.perf_counter()
+    if weighting not in ("uniform", "on_target"):
+        raise ValueError(f"weighting must be 'uniform' or 'on_target' (BTO has no advantages), got {weighting!r}")
     usable = [r for r in records if r["valid"]]
     by_index = {i: dataset[i] for i in sorted({r["sample_index"] for r in usable})}
-    if on_target:
-        covers = box_on_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
-        usable = [r for r, covered in zip(usable, covers) if covered]
+    on_target = box_on_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
+    n = len(usable)
+    selected = losses.tool_loss_weights(torch.zeros(n), torch.ones(n, dtype=torch.bool), weighting,
+                                        torch.as_tensor(on_target, dtype=torch.bool)) > 0
+    usable = [r for r, keep in zip(usable, selected.tolist()) if keep]
     if not usable:
         raise ValueError("the BTO buffer has no valid rollout: the reference policy never produced a parseable "
-                         "answer" + (" whose box matches the target (tool_weighting='on_target')" if on_target else "")
+                         "answer" + (" whose box matches the target (tool_weighting='on_target')"
+                                     if weighting == "on_target" else "")
                          + ", so there is nothing to bootstrap the tool on")
     distinct = sorted({r["sample_index"] for r in usable})
     row_of = {index: row for row, index in enumerate(distinct)}

@@ -10,13 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATASETS = ("reasonseg", "cod", "earthreason")
+from grto_lib.losses import LOSS_TYPES, SCALES, TOOL_LOSS_KINDS, WEIGHT_SCHEMES
+
 METHODS = ("grpo", "grto", "b-grto")
+DATASETS = ("reasonseg", "cod", "earthreason")
 PRESETS = ("tiny", "paper")
-TOOL_WEIGHTINGS = ("uniform", "advantage", "positive", "on_target")
-TOOL_LOSSES = ("bce_dice", "soft_iou")
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
-SCALE_REWARDS = ("group", "batch", "none")
 POLICY_TRAIN = ("decoder", "all")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,35 +30,11 @@ def repo_path(path) -> Path:
 class TrainConfig:
     """Everything that defines one GRPO / GRTO / B-GRTO run."""
 
-    # --- what to train on ---------------------------------------------------------------------------------
-    dataset: str = "reasonseg"
-    """Setting: reasonseg | cod | earthreason."""
-    data_root: str | None = None
-    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data); relative
-    paths are relative to the repository root."""
-    test_data_root: str | None = None
-    """Real data only: a separate folder for the test split (COD releases ship train and test as separate
-    folders, e.g. ``TrainDataset`` and ``TestDataset/COD10K``). None: ``data_root``."""
-    train_size: int = 2000
-    """Synthetic training samples (ignored for real data)."""
-    eval_size: int = 200
-    """Test samples used by the final evaluation (and the first ``curve_size`` for learning curves)."""
-    image_size: int = 128
-    """Side of synthetic images in pixels."""
-
-    # --- what to train -----------------------------------------------------------------------------------
+    # --- the method -----------------------------------------------------------------------------------------------
     method: str = "b-grto"
     """grpo: tool frozen | grto: tool trained on the rollouts | b-grto: BTO bootstrap, then GRTO."""
-    preset: str = "tiny"
-    """tiny: the tiny world's stand-ins (CPU, minutes) | paper: Qwen2.5-VL-3B + LoRA and SAM ViT-H."""
-    policy_path: str | None = None
-    """Policy weights (hub id or folder). None: the preset's default."""
-    tool_checkpoint: str | None = None
-    """SAM weights. None: the preset's default (tiny: the stand-in; paper: required for real use)."""
-    lora: bool = False
-    """Train a LoRA adapter instead of all policy weights (the paper preset always does)."""
 
-    # --- GRPO ----------------------------------------------------------------------------------------------
+    # --- GRPO: the policy -----------------------------------------------------------------------------------------
     steps: int = 100
     """Optimizer steps."""
     prompts_per_step: int = 8
@@ -85,18 +59,13 @@ class TrainConfig:
     max_completion_length: int = 128
     """Longest completion in tokens (the tiny stand-in's take 55-100: its thought lists the objects it sees; a
     clipped answer fails the format)."""
-    micro_batch: int | None = None
-    """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
-    prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
-    None: all at once. The paper preset needs 8 to peak under 22 GB (docs/benchmarks.md)."""
-    generate_every: int = 1
-    """Optimizer steps served by one generation call. k > 1 samples the rollouts of k steps in one batch k times
-    larger, which keeps a GPU busier (docs/benchmarks.md: on an H100 the paper preset generated 2.6x the tokens/s
-    of plain 8-completion ``generate`` at k = 8, and 4-6x the trainer's own 16-completion calls on an H200);
-    the rollouts of the later k - 1 steps are slightly off-policy, which TRL's importance ratio and clipping
-    correct (TRL's ``steps_per_generation`` = k x gradient-accumulation steps). 1: every step on-policy."""
+    reward_weights: dict = field(default_factory=dict)
+    """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
+    box_threshold: float | None = None
+    """None: the box reward is the box IoU. A number t: the indicator IoU > t (Seg-Zero uses 0.5), which pays
+    nothing for a box that only grazes the target (the IoU pays an inflated box partial credit)."""
 
-    # --- GRTO: the tool ------------------------------------------------------------------------------------
+    # --- GRTO: the tool -------------------------------------------------------------------------------------------
     tool_lr: float = 3e-4
     """Tool (mask decoder) learning rate, its own Adam optimizer."""
     tool_loss_weight: float = 1.0
@@ -109,7 +78,7 @@ class TrainConfig:
     that point at the target) | uniform (every valid rollout: the unbiased estimate of grad_phi J, which with an
     unreliable policy teaches the tool to ignore its prompt) | advantage | positive (ablations)."""
 
-    # --- BTO: the bootstrap (b-grto only) -----------------------------------------------------------------
+    # --- BTO: the bootstrap (b-grto only) -------------------------------------------------------------------------
     bto_prompts: int = 1024
     """Prompts whose reference-policy rollouts fill the BTO buffer."""
     bto_generations: int = 1
@@ -123,7 +92,44 @@ class TrainConfig:
     bto_lr: float = 1e-3
     """Tool learning rate during BTO."""
 
-    # --- bookkeeping ---------------------------------------------------------------------------------------
+    # --- data -----------------------------------------------------------------------------------------------------
+    dataset: str = "reasonseg"
+    """Setting: reasonseg | cod | earthreason."""
+    data_root: str | None = None
+    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data); relative
+    paths are relative to the repository root."""
+    test_data_root: str | None = None
+    """Real data only: a separate folder for the test split (COD releases ship train and test as separate
+    folders, e.g. ``TrainDataset`` and ``TestDataset/COD10K``). None: ``data_root``."""
+    train_size: int = 2000
+    """Synthetic training samples (ignored for real data)."""
+    eval_size: int = 200
+    """Test samples used by the final evaluation (and the first ``curve_size`` for learning curves)."""
+    image_size: int = 128
+    """Side of synthetic images in pixels."""
+
+    # --- models ---------------------------------------------------------------------------------------------------
+    preset: str = "tiny"
+    """tiny: the tiny world's stand-ins (CPU, minutes) | paper: Qwen2.5-VL-3B + LoRA and SAM ViT-H."""
+    policy_path: str | None = None
+    """Policy weights (hub id or folder). None: the preset's default."""
+    tool_checkpoint: str | None = None
+    """SAM weights. None: the preset's default (tiny: the stand-in; paper: required for real use)."""
+    lora: bool = False
+    """Train a LoRA adapter instead of all policy weights (the paper preset always does)."""
+
+    # --- compute (same numbers, other memory and speed) -----------------------------------------------------------
+    micro_batch: int | None = None
+    """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
+    prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
+    None: all at once (what fits where is in the README's GPU section)."""
+    generate_every: int = 1
+    """Optimizer steps served by one generation call: k > 1 samples the rollouts of k steps in one batch k times
+    larger, which keeps a GPU busier (measured in docs/benchmarks.md); the rollouts of the later k - 1 steps are
+    slightly off-policy, which TRL's importance ratio and clipping correct (TRL's ``steps_per_generation`` = k x
+    gradient-accumulation steps). 1: every step on-policy."""
+
+    # --- bookkeeping ----------------------------------------------------------------------------------------------
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
     output_dir: str = "outputs/run"
@@ -136,11 +142,6 @@ class TrainConfig:
     """Test samples used for learning-curve points."""
     logging_steps: int = 5
     """Log to the console and TensorBoard every this many steps."""
-    reward_weights: dict = field(default_factory=dict)
-    """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
-    box_threshold: float | None = None
-    """None: the box reward is the box IoU. A number t: the indicator IoU > t (Seg-Zero uses 0.5), which pays
-    nothing for a box that only grazes the target (the IoU pays an inflated box partial credit)."""
 
     def __post_init__(self):
         self.validate()
@@ -148,9 +149,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field and its allowed values."""
         choices = {
-            "dataset": DATASETS, "method": METHODS, "preset": PRESETS, "tool_weighting": TOOL_WEIGHTINGS,
-            "tool_loss": TOOL_LOSSES, "loss_type": LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
-            "policy_train": POLICY_TRAIN,
+            "method": METHODS, "loss_type": LOSS_TYPES, "scale_rewards": SCALES, "tool_loss": TOOL_LOSS_KINDS,
+            "tool_weighting": WEIGHT_SCHEMES, "dataset": DATASETS, "preset": PRESETS, "policy_train": POLICY_TRAIN,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -193,6 +193,12 @@ class TrainConfig:
     def trains_tool(self) -> bool:
         """Whether the tool is updated during RL (grto and b-grto)."""
         return self.method in ("grto", "b-grto")
+
+    @property
+    def bto_weighting(self) -> str:
+        """Which buffer rollouts BTO trains on: ``tool_weighting`` when it is uniform or on_target; the
+        reference policy's rollouts carry no advantages, so the advantage-based ablations bootstrap uniformly."""
+        return "on_target" if self.tool_weighting == "on_target" else "uniform"
 
     def to_json(self, path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))

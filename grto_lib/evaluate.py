@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     import json
 
     from .config import DATASETS, TrainConfig
-    from .train import load_models, load_splits
+    from .runs import load_models, load_splits
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)

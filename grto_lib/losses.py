@@ -276,8 +276,10 @@ def rollout_tool_losses(logits, samples, kind: str = "bce_dice") -> torch.Tensor
     return tool_loss(logits, torch.stack(targets), ignore, kind)
 
 
-def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform") -> torch.Tensor:
+def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform",
+                      on_target: torch.Tensor | None = None) -> torch.Tensor:
     r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
+    This is the one place that decides which rollouts train the tool (GRTO's loss and BTO's buffer alike).
 
     * ``uniform`` (default, unbiased): w_i = 1 / #valid on valid rollouts. The tool gradient
       grad_phi J = E_{o ~ pi_theta}[grad_phi r_mask] has no advantage in it; each valid rollout is one sample
@@ -289,7 +291,7 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
     * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
       sign).
     * ``on_target`` (biased; ``TrainConfig``'s default): uniform over the valid rollouts whose box matches the
-      target's (box IoU > 0.5; the caller passes ``valid & geometry.box_on_target(...)`` as ``valid``). The tool
+      target's, given as the bool tensor ``on_target`` [N] (box IoU > 0.5: ``geometry.box_on_target``). The tool
       does not see the query: from a box around another object, the only way to lower its loss is to stop
       following the box. The uniform estimate includes those rollouts; with a policy that boxes the wrong object
       half the time, it taught the tiny tool to ignore its prompts.
@@ -305,6 +307,11 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
         raise ValueError(f"advantages {tuple(advantages.shape)} and valid {tuple(valid.shape)} must both be [N]")
     if valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool tensor, got {valid.dtype}")
+    if scheme == "on_target":
+        if on_target is None:
+            raise ValueError("scheme 'on_target' needs on_target: which rollouts' boxes match the target's "
+                             "(geometry.box_on_target)")
+        valid = valid & torch.as_tensor(on_target, dtype=torch.bool, device=valid.device)
     dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
     advantages = advantages.detach().to(dtype)
     if scheme != "uniform" and not torch.isfinite(advantages[valid]).all():

@@ -8,7 +8,7 @@
 - ``paper``: ``Qwen/Qwen2.5-VL-3B-Instruct`` (or a local copy) with its own processor, images fixed to
   ``policy_image_size`` squared pixels (840 x 840 = 30 x 30 merged tokens of 28 px), optionally wrapped in LoRA.
 - ``tiny``: the same model class with a tiny configuration (the stand-in: 2.6M parameters) and a processor made of
-  two small parts written here, loaded from the stand-in folder that ``grto_lib.policy_standin`` builds:
+  two small parts written here, loaded from the stand-in folder that ``grto_lib.tinyworld.policy_standin`` builds:
 
   * ``CoordImageProcessor``: resizes to ``policy_image_size`` (128), normalises RGB to [-1, 1] and appends two
     channels holding each pixel's absolute position, ``x = 2 (c + 0.5) / W - 1`` and ``y = 2 (r + 0.5) / H - 1``
@@ -49,15 +49,15 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from . import prompts
+from .config import REPO_ROOT
 from .fast_qwen import enable_fast_paths
 
 PRESETS = ("tiny", "paper")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DEFAULT_PATH = "data/standins/policy"
 """The tiny stand-in's folder, relative to the repository root."""
 PAPER_DEFAULT_PATH = "Qwen/Qwen2.5-VL-3B-Instruct"
-STANDIN_BUILD_COMMAND = "python -m grto_lib.standins --only policy --force"
+STANDIN_BUILD_COMMAND = "python -m grto_lib.tinyworld.standins --only policy --force"
 LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SPECIAL_TOKENS = (

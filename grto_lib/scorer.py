@@ -11,6 +11,14 @@ For one batch of rollouts (completion texts and the dataset index of each rollou
 
 TRL calls one function per reward term; ``reward_functions()`` returns them, all reading one cached scoring
 of the batch.
+
+**The side channel to the trainer.** TRL's reward functions return numbers only, but GRTO's tool loss needs the
+tool's prompts and embeddings of the same rollouts. So ``score`` leaves them in ``pending_tool_batch``, and
+``GRTOTrainer._generate_and_score_completions``, right after TRL has called the reward functions of a batch, takes
+them with ``pop_tool_batch()`` and adds them to the batch that TRL hands to ``_compute_loss`` (keys ``tool_*``).
+Popping empties the slot, so each scored batch is consumed once, and popping an empty slot fails loudly. This
+handshake is the only state the reward functions share with the trainer (``evaluate.rollout_groups`` and
+notebook 03 use it the same way, without a trainer).
 """
 from __future__ import annotations
 
@@ -167,6 +175,7 @@ class RolloutScorer:
         return functions
 
     def pop_tool_batch(self) -> ToolBatch:
+        """The ``ToolBatch`` of the last scored batch, taken out of the scorer (see the module docstring)."""
         batch, self.pending_tool_batch, self._cached_key = self.pending_tool_batch, None, None
         if batch is None:
             raise RuntimeError("no scored batch: the reward functions of this scorer were not called")

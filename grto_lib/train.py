@@ -24,17 +24,14 @@ from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
 from .config import TrainConfig, repo_path
-from .data import load_dataset
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
-from .policy import PolicyConfig, load_policy
 from .prompts import stratified_order, to_trl_rows
 from .rewards import RewardWeights
+from .runs import load_models, load_splits
 from .scorer import RolloutScorer
-from .tool import load_tool, load_tool_config
 from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
 
-TINY_TOOL = Path(__file__).resolve().parent.parent / "data" / "standins" / "tool"
 # Fields that must agree between a run folder's saved config and a resumed run.
 _RESUME_FIELDS = ("dataset", "data_root", "method", "preset", "policy_path", "tool_checkpoint", "lora",
                   "policy_train", "prompts_per_step", "num_generations", "seed", "train_size", "image_size")
@@ -45,24 +42,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def load_models(config: TrainConfig):
-    """(policy, processor, tool, policy_image_size) of the config's preset."""
-    policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper")
-    if config.policy_path is not None:
-        policy_config.model_name_or_path = config.policy_path
-    policy, processor = load_policy(policy_config)
-    if config.policy_train == "decoder" and not policy_config.lora:
-        for name, parameter in policy.named_parameters():
-            parameter.requires_grad_(".language_model.layers." in name)
-    if config.tool_checkpoint is not None and Path(config.tool_checkpoint).is_dir():
-        tool = load_tool(load_tool_config(config.tool_checkpoint))
-    elif config.preset == "tiny":
-        tool = load_tool(load_tool_config(config.tool_checkpoint or TINY_TOOL))
-    else:
-        from .tool import ToolConfig
-        tool = load_tool(ToolConfig(preset="vit_h", checkpoint=config.tool_checkpoint))
-    return policy, processor, tool, policy_config.policy_image_size
 
 
 def _check_run_folder(config: TrainConfig, out: Path) -> None:
@@ -125,15 +104,16 @@ class _LogFile(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}, default=json_default) + "\n")
 
 
-def grpo_args(config: TrainConfig, out: Path):
-    """TRL's GRPOConfig for ``config``; everything version-sensitive is set explicitly."""
+def grpo_args(config: TrainConfig, out: Path, **overrides):
+    """TRL's GRPOConfig for ``config``; everything version-sensitive is set explicitly. ``overrides`` are further
+    GRPOConfig fields that replace these (e.g. ``report_to=[]`` in a benchmark)."""
     from trl import GRPOConfig
 
     on_gpu = torch.cuda.is_available()
     completions = config.prompts_per_step * config.num_generations
     micro_batch = config.micro_batch or completions
     accumulation = completions // micro_batch
-    return GRPOConfig(
+    return GRPOConfig(**{**dict(
         output_dir=str(out),
         max_steps=config.steps,
         per_device_train_batch_size=micro_batch,
@@ -164,7 +144,7 @@ def grpo_args(config: TrainConfig, out: Path):
         shuffle_dataset=False,  # build_trainer orders the prompts (prompts.stratified_order)
         disable_tqdm=False,
         dataloader_num_workers=0,
-    )
+    ), **overrides})
 
 
 def _training_rows(train_set, policy_image_size: int, seed: int):
@@ -186,15 +166,6 @@ def build_trainer(config: TrainConfig, policy, processor, tool, train_set, polic
         tool_weighting=config.tool_weighting,
     )
 
-
-def load_splits(config: TrainConfig):
-    """(train, test) datasets of ``config``: synthetic unless ``data_root`` is set."""
-    if config.data_root is None:
-        sizes = {"image_size": config.image_size}
-        return (load_dataset(config.dataset, "train", size=config.train_size, seed=config.seed, **sizes),
-                load_dataset(config.dataset, "test", size=config.eval_size, **sizes))
-    return (load_dataset(config.dataset, "train", repo_path(config.data_root)),
-            load_dataset(config.dataset, "test", repo_path(config.test_data_root or config.data_root)))
 
 
 def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:
@@ -279,28 +250,6 @@ def parameters_in_sync(accelerator, policy, tool) -> dict:
     return result
 
 
-def run_folder(dataset: str, method: str) -> str:
-    """The default output folder of a run, relative to the repository root: ``outputs/<dataset>_<method>``."""
-    return f"outputs/{dataset}_{method}"
-
-
-def load_run(output_dir):
-    """(config, policy, processor, tool, policy_image_size) of a finished run's ``final/`` folder."""
-    out = repo_path(output_dir)
-    if not (out / "final" / "policy").is_dir():
-        raise FileNotFoundError(f"{out / 'final'} does not exist: {out} is not a finished run (train it first)")
-    config = TrainConfig.from_json(out / "config.json")
-    final_policy = out / "final" / "policy"
-    if (final_policy / "adapter_config.json").is_file():  # a LoRA run saved only its adapter
-        from peft import PeftModel
-        policy_config = PolicyConfig(preset=config.preset, model_name_or_path=config.policy_path, lora=False)
-        policy, processor = load_policy(policy_config)
-        policy = PeftModel.from_pretrained(policy, str(final_policy))
-    else:
-        policy_config = PolicyConfig(preset=config.preset, model_name_or_path=str(final_policy), lora=False)
-        policy, processor = load_policy(policy_config)
-    tool = load_tool(load_tool_config(out / "final" / "tool"))
-    return config, policy, processor, tool, policy_config.policy_image_size
 
 
 def _curve_scores(model, processor, tool, test_set, policy_image_size, indices, config) -> dict:
@@ -327,7 +276,7 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
                             batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed,
-                            on_target=config.tool_weighting == "on_target")
+                            weighting=config.bto_weighting)
     save_tool_state(tool, None, tool_dir)
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
                "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],

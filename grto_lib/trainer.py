@@ -113,6 +113,8 @@ class GRTOTrainer(GRPOTrainer):
 
     # --- scoring: keep the tool's prompts and embeddings for the loss step ----------------------------------
     def _generate_and_score_completions(self, inputs):
+        """TRL's sampling and scoring, plus the scorer's ``ToolBatch`` of the same rollouts (the side channel
+        documented in ``grto_lib.scorer``): its tensors ride in the batch as ``tool_*`` keys to ``batch_tool_loss``."""
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         output.update(self.scorer.pop_tool_batch().as_dict())
@@ -129,7 +131,7 @@ class GRTOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if self.train_tool and mode == "train":
             start = time.perf_counter()
-            tool_loss = self.tool_loss(inputs)
+            tool_loss = self.batch_tool_loss(inputs)
             loss = loss + self.tool_loss_weight * tool_loss / self.current_gradient_accumulation_steps
             self._metrics[mode]["time/tool_loss"].append(time.perf_counter() - start)
         self._metrics[mode]["time/policy_loss"].append(policy_time)
@@ -141,15 +143,14 @@ class GRTOTrainer(GRPOTrainer):
             loss = torch.zeros((), device=loss.device, requires_grad=True)
         return loss
 
-    def tool_loss(self, inputs) -> torch.Tensor:
+    def batch_tool_loss(self, inputs) -> torch.Tensor:
         """``sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` over this micro-batch's rollouts."""
         valid = inputs["tool_valid"]
         index = inputs["tool_sample_index"].tolist()
         by_index = self.scorer.samples(index)
-        if self.tool_weighting == "on_target":
-            covers = box_on_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
-            valid = valid & torch.as_tensor(covers, device=valid.device)
-        weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting)
+        on_target = box_on_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
+        weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting,
+                                           torch.as_tensor(on_target, device=valid.device))
         rows = torch.nonzero(weights > 0).flatten()
         if len(rows) == 0:
             self._metrics["train"]["tool/loss"].append(0.0)
@@ -162,6 +163,7 @@ class GRTOTrainer(GRPOTrainer):
         loss = (weights[rows] * per_rollout).sum()
         self._metrics["train"]["tool/loss"].append(loss.item())
         self._metrics["train"]["tool/valid_rollouts"].append(valid.float().mean().item())
+        self._metrics["train"]["tool/trained_rollouts"].append(len(rows) / len(index))
         return loss
 
     def _step_tool(self) -> None:

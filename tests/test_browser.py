@@ -72,9 +72,15 @@ def _open(browser, url, name):
     errors = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{url}/lab/tree/{name}?token={TOKEN}")
+    page.goto(f"{url}/lab/tree/{name}?reset&token={TOKEN}")  # reset: a fresh workspace, only this notebook open
     page.wait_for_function(KERNEL_IDLE, timeout=120_000)
     return page, errors
+
+
+def _close(page) -> None:
+    """Shut down every kernel of the server, then close the page."""
+    page.evaluate("window.jupyterapp.serviceManager.sessions.shutdownAll()")
+    page.close()
 
 
 def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
@@ -90,7 +96,7 @@ def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
             dirty = page.evaluate("window.jupyterapp.shell.currentWidget.context.model.dirty")
             assert not dirty, f"{path.relative_to(ROOT)} is marked modified on opening (tests/test_notebook_files.py)"
             assert not errors, f"console errors opening {path.name}: {errors}"
-            page.close()
+            _close(page)
         browser.close()
 
 
@@ -108,8 +114,8 @@ def test_notebook_04_runs_and_the_rollout_explorer_slider_changes_the_image(lab,
         page, errors = _open(browser, url, "04_small.ipynb")
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         image = page.locator(".widget-image").first
-        image.wait_for(state="attached", timeout=600_000)
-        page.wait_for_function(KERNEL_IDLE, timeout=600_000)
+        image.wait_for(state="attached", timeout=300_000)
+        page.wait_for_function(KERNEL_IDLE, timeout=300_000)
         image.scroll_into_view_if_needed()
         outputs = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
             .filter(cell => cell.model.type === "code").map(cell => cell.model.outputs.toJSON())""")
@@ -128,4 +134,5 @@ def test_notebook_04_runs_and_the_rollout_explorer_slider_changes_the_image(lab,
         body = page.locator("body").inner_text()
         assert "Error displaying widget" not in body and "Error rendering" not in body
         assert not errors, f"console errors: {errors}"
+        _close(page)
         browser.close()

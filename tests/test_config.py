@@ -54,14 +54,15 @@ def test_micro_batch_must_divide_the_completions_of_a_step():
     assert grpo_args(TrainConfig(micro_batch=16, generate_every=3), Path("/tmp/unused")).steps_per_generation == 12
 
 
-def test_scale_rewards_choices_are_the_advantage_scalings_and_reach_trl():
+def test_every_advantage_scaling_is_accepted_and_reaches_trl():
     from pathlib import Path
 
-    from grto_lib.config import SCALE_REWARDS
     from grto_lib.losses import SCALES
     from grto_lib.train import grpo_args
 
-    assert set(SCALE_REWARDS) == set(SCALES)
+    assert [TrainConfig(scale_rewards=s).scale_rewards for s in SCALES] == list(SCALES)
+    with pytest.raises(ValueError, match="choose one of group, batch, none"):
+        TrainConfig(scale_rewards="std")
     assert grpo_args(TrainConfig(scale_rewards="none"), Path("/tmp/unused")).scale_rewards == "none"
 
 
@@ -75,3 +76,12 @@ def test_command_line_flags_are_typed_like_the_fields(tmp_path):
     assert (config.method, config.steps, config.micro_batch, config.box_threshold) == ("grto", 9, 16, 0.5)
     assert (config.scale_rewards, config.lora, config.reward_weights, threads) == ("none", True, {"mask": 3.0}, 2)
     assert parse_args([])[0] == TrainConfig()
+
+
+def test_grpo_args_compose_with_overrides(tmp_path):
+    from grto_lib.train import grpo_args
+
+    plain = grpo_args(TrainConfig(), tmp_path)
+    changed = grpo_args(TrainConfig(), tmp_path, report_to=[], warmup_steps=0)
+    assert plain.report_to == ["tensorboard"] and changed.report_to == [] and changed.warmup_steps == 0
+    assert changed.shuffle_dataset is False and changed.loss_type == plain.loss_type == "grpo"

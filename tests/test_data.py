@@ -12,17 +12,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from grto_lib.data import (
-    COD_QUERY,
-    COLOURS,
-    DEFAULT_SIZES,
-    NAMES,
-    SHAPES,
-    SPLITS,
-    load_dataset,
-    query_corpus,
-    shape_mask,
-)
+from grto_lib.data import NAMES, SPLITS, load_dataset
+from grto_lib.tinyworld.drawing import COLOURS, SHAPES, shape_mask
+from grto_lib.tinyworld.worlds import COD_QUERY, DEFAULT_SIZES, query_corpus
 from grto_lib.sample import Sample
 
 SYNTHETIC = NAMES  # every name has a synthetic generator
@@ -616,7 +608,7 @@ def test_real_option_validation(tmp_path, kwargs, match):
 def test_training_order_puts_every_query_kind_in_every_step_in_proportion():
     from collections import Counter
 
-    from grto_lib.data import REASONSEG_KINDS
+    from grto_lib.tinyworld.worlds import REASONSEG_KINDS
     from grto_lib.prompts import stratified_order
 
     rng = np.random.default_rng(0)

@@ -324,8 +324,12 @@ def test_box_on_target_is_box_iou_above_one_half():
                           [7.0, 7.0, 9.0, 9.0]])  # elsewhere
     assert box_on_target(boxes, [mask] * 5).tolist() == [True, True, False, False, False]
     assert box_on_target(boxes[:1], [np.zeros((10, 10), dtype=bool)]).tolist() == [False]  # empty target
-    # on_target weights are uniform over the rollouts the caller kept
-    torch.testing.assert_close(tool_loss_weights(A, VALID, "on_target"), tool_loss_weights(A, VALID, "uniform"))
+    # on_target weights are uniform over the valid rollouts on target, and need the flags
+    on_target = torch.tensor([True, False, True, True, True])
+    torch.testing.assert_close(tool_loss_weights(A, VALID, "on_target", on_target),
+                               torch.tensor([1 / 3, 0.0, 1 / 3, 0.0, 1 / 3]))
+    with pytest.raises(ValueError, match="needs on_target"):
+        tool_loss_weights(A, VALID, "on_target")
 
 
 def test_positive_weights():

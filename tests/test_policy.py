@@ -229,7 +229,7 @@ def test_config_defaults_and_errors(tmp_path):
         PolicyConfig(dtype="float64")
     with pytest.raises(ValueError, match="multiple of 28"):
         PolicyConfig(preset="paper", policy_image_size=800)
-    with pytest.raises(FileNotFoundError, match="python -m grto_lib.standins --only policy"):
+    with pytest.raises(FileNotFoundError, match="python -m grto_lib.tinyworld.standins --only policy"):
         load_policy(PolicyConfig(model_name_or_path=str(tmp_path / "missing")))
 
 
@@ -335,7 +335,7 @@ def test_fast_paths_compute_what_the_stock_classes_compute(tiny, repeats):
 STANDIN_BUILT = (policy.REPO_ROOT / policy.TINY_DEFAULT_PATH / "config.json").is_file()
 
 
-@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.standins --only policy)")
+@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.tinyworld.standins --only policy)")
 def test_standin_follows_its_query():
     """Asked in turn for every object of a scene by its name, the stand-in boxes the object named (the manifest
     holds the number on 120 scenes: 0.995, against 0.41 for a blind guess)."""
@@ -347,7 +347,7 @@ def test_standin_follows_its_query():
     assert scores["same_object_for_every_query"] <= 0.1
 
 
-@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.standins --only policy)")
+@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.tinyworld.standins --only policy)")
 def test_selection_scores_show_what_reward_can_select():
     """On reasonseg the stand-in's greedy answer is often wrong while some sample is right: the gap RL closes."""
     from grto_lib.data import load_dataset
@@ -360,9 +360,9 @@ def test_selection_scores_show_what_reward_can_select():
     assert scores["all"]["pass_at_k"] >= scores["all"]["greedy_box_acc"] + 0.2  # measured: 0.75 against 0.33
 
 
-@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.standins --only policy)")
+@pytest.mark.skipif(not STANDIN_BUILT, reason="stand-in not built (python -m grto_lib.tinyworld.standins --only policy)")
 def test_no_two_query_words_share_an_input_embedding():
-    from grto_lib.data import query_corpus
+    from grto_lib.tinyworld.worlds import query_corpus
 
     model, processor = load_policy(PolicyConfig())
     tokenizer = processor.tokenizer
@@ -380,7 +380,7 @@ def test_no_two_query_words_share_an_input_embedding():
 def test_the_thought_lists_the_objects_reads_the_query_and_picks():
     from grto_lib.data import load_dataset
     from grto_lib.geometry import mask_to_box
-    from grto_lib.policy_standin import candidates, readings, target_completion
+    from grto_lib.tinyworld.policy_standin import candidates, readings, target_completion
 
     scenes = load_dataset("reasonseg", "train", size=40).scene
     for i in range(40):
@@ -411,7 +411,7 @@ def test_the_thought_lists_the_objects_reads_the_query_and_picks():
 
 def test_misreadings_are_the_confusions_the_table_names():
     from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import readings
+    from grto_lib.tinyworld.policy_standin import readings
 
     checked = set()
     for name in ("reasonseg", "earthreason"):
@@ -438,7 +438,7 @@ def test_misreadings_are_the_confusions_the_table_names():
 
 def test_supervised_batch_labels_only_the_completion(tiny):
     from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import supervised_batch
+    from grto_lib.tinyworld.policy_standin import supervised_batch
 
     _, processor = tiny
     samples = load_dataset("shapes", "train", size=3)
@@ -453,7 +453,7 @@ def test_supervised_batch_labels_only_the_completion(tiny):
 
 def test_weak_label_mixture_misreads_non_explicit_queries_at_the_given_rate():
     from grto_lib.data import load_dataset
-    from grto_lib.policy_standin import WeakLabelMixture, readings
+    from grto_lib.tinyworld.policy_standin import WeakLabelMixture, readings
 
     shares = {"shapes": 1, "reasonseg": 1, "cod": 1, "earthreason": 1}
     mixture = WeakLabelMixture(shares, label_accuracy=0.6, size=400)
@@ -479,7 +479,7 @@ def test_weak_label_mixture_misreads_non_explicit_queries_at_the_given_rate():
 def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
     from safetensors.torch import load_file
 
-    from grto_lib.policy_standin import pretrain_policy_standin
+    from grto_lib.tinyworld.policy_standin import pretrain_policy_standin
 
     kwargs = dict(seed=3, steps=2, batch_size=2, scenes=8, warmup=1, eval_size=0,
                   sizes={"hidden_size": 64, "num_layers": 1})
@@ -496,6 +496,6 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_policy(tmp_path):
 
 
 def test_committed_standins_match_their_manifest():
-    from grto_lib.standins import verify_standins
+    from grto_lib.tinyworld.standins import verify_standins
 
     assert verify_standins() == []

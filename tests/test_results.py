@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from grto_lib import results
+from grto_lib.study import results
 from grto_lib.config import DATASETS
 
 

@@ -16,7 +16,7 @@ from grto_lib.tool import (
     save_tool,
     trainable_parameters,
 )
-from grto_lib.tool_standin import augment_scene, generic_scene, jittered_prompts, train_tool_standin, zoom_out
+from grto_lib.tinyworld.tool_standin import augment_scene, generic_scene, jittered_prompts, train_tool_standin, zoom_out
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,7 @@
 """The GRTO tool-gradient estimator on a toy problem where the exact gradient is known."""
 import torch
 
-from grto_lib.toy import exact_gradient, finite_difference_gradient, grto_gradient_estimate, make_toy_problem
+from grto_lib.tinyworld.toy import exact_gradient, finite_difference_gradient, grto_gradient_estimate, make_toy_problem
 
 
 def relative_error(x, reference):
@@ -33,7 +33,7 @@ def test_single_group_estimate_is_minus_mean_gradient_of_its_prompts():
     estimate = grto_gradient_estimate(problem, group_size=4, groups=1, seed=5)
     # Recompute by hand: the same draw, the mean of -grad L over the four prompts drawn.
     picks = torch.multinomial(problem.policy_probs, 4, replacement=True, generator=torch.Generator().manual_seed(5))
-    from grto_lib.toy import per_prompt_tool_loss
+    from grto_lib.tinyworld.toy import per_prompt_tool_loss
     loss = per_prompt_tool_loss(problem)[picks].mean()
     by_hand = torch.cat([g.flatten() for g in torch.autograd.grad(-loss, problem.parameters())])
     assert torch.allclose(estimate, by_hand, atol=1e-12)

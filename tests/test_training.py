@@ -9,8 +9,9 @@ from grto_lib import losses
 from grto_lib.config import TrainConfig
 from grto_lib.rewards import RewardWeights
 from grto_lib.scorer import RolloutScorer
-from grto_lib.standins import STANDINS_DIR
-from grto_lib.train import build_trainer, load_models, load_splits, train
+from grto_lib.tinyworld.standins import STANDINS_DIR
+from grto_lib.train import build_trainer, train
+from grto_lib.runs import load_models, load_splits
 
 TINY = dict(steps=2, prompts_per_step=2, num_generations=4, train_size=16, eval_size=8, curve_every=1, curve_size=4,
             save_steps=1, logging_steps=1, bto_prompts=4, bto_generations=4, bto_steps=5)
@@ -74,7 +75,7 @@ def test_on_target_tool_loss_ignores_rollouts_whose_box_misses_the_target(tmp_pa
     def loss(texts):
         scorer.score(texts, [0] * len(texts))
         inputs = scorer.pop_tool_batch().as_dict()
-        return trainer.tool_loss({**inputs, "advantages": torch.zeros(len(texts))}).item()
+        return trainer.batch_tool_loss({**inputs, "advantages": torch.zeros(len(texts))}).item()
 
     assert loss([miss, miss]) == 0.0
     assert loss([hit, miss]) > 0.0
@@ -111,9 +112,9 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_matches_the_target():
     records = [{"sample_index": i, "valid": True, "bbox": box, "points": [[1.0, 1.0], [1.0, 1.0]]}
                for i, box in ((0, on), (0, off), (1, off))]
     assert bootstrap_tool(tool, dataset, records, steps=1)["valid_rollouts"] == 3
-    assert bootstrap_tool(tool, dataset, records, steps=1, on_target=True)["valid_rollouts"] == 1
+    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="on_target")["valid_rollouts"] == 1
     with pytest.raises(ValueError, match="matches the target"):
-        bootstrap_tool(tool, dataset, records[1:], steps=1, on_target=True)
+        bootstrap_tool(tool, dataset, records[1:], steps=1, weighting="on_target")
 
 
 @pytest.mark.parametrize("loss_type,scale", [("grpo", "group"), ("dapo", "none")])
@@ -193,9 +194,8 @@ def test_the_step_by_hand_of_notebook_03_computes_the_trainers_loss(tmp_path, we
                 logps, logps.detach(), inputs["advantages"][rows], mask) * len(rows) / len(texts)
         samples = [train_set[i] for i in index]
         _, boxes, points, valid = trainer.scorer.parse(texts, index)
-        if weighting == "on_target":
-            valid = valid & box_on_target(boxes, [s.mask for s in samples])
-        weights = losses.tool_loss_weights(inputs["advantages"], torch.as_tensor(valid), weighting)
+        on_target = torch.as_tensor(box_on_target(boxes, [s.mask for s in samples]))
+        weights = losses.tool_loss_weights(inputs["advantages"], torch.as_tensor(valid), weighting, on_target)
         logits = tool.decode(tool.embed([s.image for s in samples]), torch.arange(len(samples)),
                              torch.tensor(boxes, dtype=torch.float32), torch.tensor(points, dtype=torch.float32),
                              [s.mask.shape for s in samples])
@@ -264,14 +264,14 @@ def test_a_non_finite_loss_skips_the_update_and_training_goes_on(tmp_path):
 
     start = ([p.detach().clone() for p in trainer.model.parameters()],
              [p.detach().clone() for p in trainer.tool.parameters()])
-    real_tool_loss, calls = trainer.tool_loss, []
+    real_tool_loss, calls = trainer.batch_tool_loss, []
 
     def poisoned(inputs):  # the first step's tool loss is NaN, later ones are real
         calls.append(1)
         loss = real_tool_loss(inputs)
         return loss * float("nan") if len(calls) == 1 else loss
 
-    trainer.tool_loss = poisoned
+    trainer.batch_tool_loss = poisoned
     trainer.add_callback(Snapshot())
     trainer.train()
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
@@ -389,6 +389,6 @@ def test_grto_with_a_lora_policy_trains_only_the_adapter_and_the_tool(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "final" / "policy").iterdir())
     assert "adapter_config.json" in saved and "adapter_model.safetensors" in saved
     assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))
-    from grto_lib.train import load_run
+    from grto_lib.runs import load_run
     _, policy, _, _, _ = load_run(tmp_path)  # the adapter reloads on top of the stand-in
     assert hasattr(policy, "peft_config") and metrics["test"]["n"] == 8

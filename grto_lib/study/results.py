@@ -1,4 +1,4 @@
-"""The paper's claims in miniature: ``python -m grto_lib.results`` (or ``make results``).
+"""The paper's claims in miniature: ``python -m grto_lib.study.results`` (or ``make results``).
 
 Trains ``grpo``, ``grto`` and ``b-grto`` on the three synthetic settings with three seeds each at equal
 compute (same steps, prompts per step and group size); adds the reference and oracle rows, two single-seed
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DATASETS, REPO_ROOT, TrainConfig
+from grto_lib.config import DATASETS, REPO_ROOT, TrainConfig
 
 RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "outputs" / "results_runs"
@@ -109,7 +109,7 @@ def summarize(reference: dict) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluate import TABLE_COLUMNS
+    from grto_lib.evaluate import TABLE_COLUMNS
 
     RESULTS_DIR.mkdir(exist_ok=True)
     summary = {"standin": reference["standin"], "datasets": {}, "ablations": {}, "bto_cost": {}, "rewards": {}}
@@ -247,8 +247,8 @@ def reference_rows(eval_size: int) -> dict:
     ``follows_query`` (``standin``)."""
     import torch
 
-    from .evaluate import evaluate_oracle, evaluate_policy, follows_query
-    from .train import load_models, load_splits
+    from grto_lib.evaluate import evaluate_oracle, evaluate_policy, follows_query
+    from grto_lib.runs import load_models, load_splits
 
     torch.set_num_threads(1)
     out = {}

@@ -19,7 +19,7 @@ scene, for smaller objects), ``clutter`` (a random texture behind the objects), 
 with their background). Loss: per-pixel binary cross-entropy + Dice on the full-resolution logits; Adam with
 a linear warm-up, cosine decay and gradient clipping. Deterministic given ``seed`` on one thread.
 
-Rebuild: ``python -m grto_lib.tool_standin data/standins/tool`` (or ``python -m grto_lib.standins --only tool``).
+Rebuild: ``python -m grto_lib.tinyworld.tool_standin data/standins/tool`` (or ``python -m grto_lib.tinyworld.standins --only tool``).
 """
 from __future__ import annotations
 

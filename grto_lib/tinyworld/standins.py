@@ -3,13 +3,13 @@
 No weights can be downloaded where this project is built and tested, so the tiny world trains its own:
 
 * ``data/standins/tool``: a tiny SAM (segment_anything's classes) trained with jittered ground-truth box and
-  point prompts on generic scenes of polygons and ellipses (``grto_lib.tool_standin``), none of the three
+  point prompts on generic scenes of polygons and ellipses (``grto_lib.tinyworld.tool_standin``), none of the three
   settings: it segments what a box points at, roughly, everywhere, like a generic SAM facing a new domain;
-* ``data/standins/policy``: a tiny Qwen2.5-VL warm-started by supervised learning (``grto_lib.policy_standin``):
+* ``data/standins/policy``: a tiny Qwen2.5-VL warm-started by supervised learning (``grto_lib.tinyworld.policy_standin``):
   its thought lists the objects it sees, then picks one. It follows explicit queries ("the red circle") and
   hesitates on reasoning queries between the right object and one it confuses it with: the gap RL closes.
 
-``python -m grto_lib.standins`` builds both (``--force`` rebuilds) and writes ``data/standins/manifest.json``
+``python -m grto_lib.tinyworld.standins`` builds both (``--force`` rebuilds) and writes ``data/standins/manifest.json``
 with, per model, the recipe, seed, wall time and the SHA-256 of every file. The committed stand-ins were
 built by that command; ``verify_standins()`` checks the files against the manifest.
 """
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-STANDINS_DIR = Path(__file__).resolve().parent.parent / "data" / "standins"
+from grto_lib.config import REPO_ROOT
+
+STANDINS_DIR = REPO_ROOT / "data" / "standins"
 MANIFEST = STANDINS_DIR / "manifest.json"
 
 
@@ -49,7 +51,7 @@ def _build(name: str, recipe, kwargs: dict, force: bool) -> dict:
     tmp.rename(folder)
     return {
         "recipe": f"{recipe.__module__}.{recipe.__name__}", "kwargs": kwargs, "seconds": round(seconds, 1),
-        "command": f"python -m grto_lib.standins --only {name} --force",
+        "command": f"python -m grto_lib.tinyworld.standins --only {name} --force",
         "machine": (f"one {torch.cuda.get_device_name()}" if kwargs.get("device") == "cuda"
                     else f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"),
         "torch": torch.__version__, "report": report, "files": _hashes(folder),
@@ -58,8 +60,8 @@ def _build(name: str, recipe, kwargs: dict, force: bool) -> dict:
 
 def build_standins(force: bool = False, only: str | None = None) -> dict:
     """Build the tool and/or policy stand-ins and update the manifest."""
-    from .policy_standin import pretrain_policy_standin
-    from .tool_standin import pretrain_tool_standin
+    from grto_lib.tinyworld.policy_standin import pretrain_policy_standin
+    from grto_lib.tinyworld.tool_standin import pretrain_tool_standin
 
     STANDINS_DIR.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}

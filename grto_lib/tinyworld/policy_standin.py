@@ -35,7 +35,7 @@ and cycled in a new order every pass; AdamW, linear warm-up then cosine decay. T
 word of every synthetic query, and no embedding is tied to another, so no two query words read alike.
 
 A plain torch loop rather than TRL's ``SFTTrainer``: the loop is short and readable, makes the completion-only
-mask explicit and needs no TRL where it runs. ``python -m grto_lib.standins --only policy --force`` rebuilds the
+mask explicit and needs no TRL where it runs. ``python -m grto_lib.tinyworld.standins --only policy --force`` rebuilds the
 committed stand-in (``data/standins/policy``) on a GPU; ``data/standins/manifest.json`` records the machine, the
 time and what the stand-in scores.
 """
@@ -53,10 +53,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .data import NAMES, RELATIONS, SHAPES, load_dataset, query_corpus
-from .geometry import mask_to_box
-from .policy import build_tiny_policy
-from .prompts import build_messages, format_answer, policy_view
+from grto_lib.data import NAMES, load_dataset
+from grto_lib.geometry import mask_to_box
+from grto_lib.policy import build_tiny_policy
+from grto_lib.prompts import build_messages, format_answer, policy_view
+from grto_lib.tinyworld.drawing import SHAPES
+from grto_lib.tinyworld.worlds import RELATIONS, query_corpus
 
 IMAGE_SIZE = 128
 """Side of the policy view the stand-in reads (and of the synthetic images it trains on)."""
@@ -393,7 +395,7 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
               "build_batches_seconds": round(built, 1), "train_seconds": round(train_seconds, 1),
               "final_loss": round(running, 4)}
     if eval_size:
-        from .evaluate import standin_report
+        from grto_lib.evaluate import standin_report
         start = time.perf_counter()
         batch = 256 if device == "cuda" else 32
         report.update(standin_report(model, processor, IMAGE_SIZE, eval_size, batch_size=batch))

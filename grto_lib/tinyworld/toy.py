@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import losses
+from grto_lib import losses
 
 
 @dataclass
