@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import random
 import time
@@ -214,6 +215,10 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()  # before the other processes exit; the rest is the main's
     if not accelerator.is_main_process:
+        # Free the DDP-wrapped trainer (and the gloo work objects it holds) now: left to interpreter shutdown, their
+        # C++ threads can abort the process ("terminate called without an active exception").
+        del trainer
+        gc.collect()
         return {}
     processor.save_pretrained(str(final / "policy"))
     save_tool_state(tool, None, final / "tool")
