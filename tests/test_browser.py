@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "grto-browser-test"
 NOTEBOOKS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("course/source/*/*.ipynb")])
 KERNEL_IDLE = """() => {
-    const panel = window.jupyterapp.shell.currentWidget;
+    const app = window.jupyterapp;  // undefined until the page (reloaded by ?reset) has started JupyterLab
+    const panel = app && app.shell && app.shell.currentWidget;
     const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
     return kernel && kernel.status === "idle" && !panel.sessionContext.pendingInput;
 }"""
