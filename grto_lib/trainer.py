@@ -148,9 +148,11 @@ class GRTOTrainer(GRPOTrainer):
         valid = inputs["tool_valid"]
         index = inputs["tool_sample_index"].tolist()
         by_index = self.scorer.samples(index)
-        on_target = box_on_target(inputs["tool_boxes"].detach().cpu().numpy(), [by_index[i].mask for i in index])
-        weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting,
-                                           torch.as_tensor(on_target, device=valid.device))
+        on_target = None  # only the on_target scheme reads the flags; the other schemes skip their cost
+        if self.tool_weighting == "on_target":
+            boxes = inputs["tool_boxes"].detach().cpu().numpy()
+            on_target = torch.as_tensor(box_on_target(boxes, [by_index[i].mask for i in index]), device=valid.device)
+        weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting, on_target)
         rows = torch.nonzero(weights > 0).flatten()
         if len(rows) == 0:
             self._metrics["train"]["tool/loss"].append(0.0)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_notebook_files import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "grto-browser-test"
-NOTEBOOKS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("course/source/*/*.ipynb")])
 KERNEL_IDLE = """() => {
     const app = window.jupyterapp;  // undefined until the page (reloaded by ?reset) has started JupyterLab
     const panel = app && app.shell && app.shell.currentWidget;
