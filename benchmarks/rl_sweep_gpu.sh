@@ -3,7 +3,7 @@
 # Run from the repository root with the wheels of docs/benchmarks.md ("Commands") in .gpu/bench_wheels, OUT set
 # to a folder, POLICY set to the stand-in's folder and SWEEP to a file of lines "name: flags" (one run each).
 # Writes OUT/sweep.json (every run's curve, training log and test scores) and OUT/tails.txt.
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/bench_wheels/*.whl 2>/dev/null
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/bench_wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 gpus=$(nvidia-smi -L | wc -l); k=0; mkdir -p /tmp/runs
 while IFS=: read -r name flags; do

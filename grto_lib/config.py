@@ -39,6 +39,10 @@ class TrainConfig:
     """Optimizer steps."""
     prompts_per_step: int = 8
     """Distinct prompts (images + queries) per step; each gets ``num_generations`` rollouts."""
+    rl_prompts: int = 0
+    """RL cycles through the first N prompts of the training order, epoch after epoch (0: all ``train_size``,
+    each seen about once). N = 5 x ``prompts_per_step`` makes the first and the last 5 steps of a run see the
+    same prompts, so their mean rewards compare the policy, not the draw (BTO still uses the whole set)."""
     num_generations: int = 8
     """G: rollouts per prompt, the group the advantages are relative to."""
     policy_lr: float = 5e-5
@@ -163,6 +167,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.rl_prompts, bool) or not isinstance(self.rl_prompts, int) or self.rl_prompts < 0:
+            raise ValueError(f"TrainConfig.rl_prompts must be 0 (all) or a positive integer, got {self.rl_prompts!r}")
         total = self.prompts_per_step * self.num_generations
         if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
                                              or self.micro_batch < 1 or total % self.micro_batch):

@@ -35,7 +35,8 @@ from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
 
 # Fields that must agree between a run folder's saved config and a resumed run.
 _RESUME_FIELDS = ("dataset", "data_root", "method", "preset", "policy_path", "tool_checkpoint", "lora",
-                  "policy_train", "prompts_per_step", "num_generations", "seed", "train_size", "image_size")
+                  "policy_train", "prompts_per_step", "num_generations", "rl_prompts", "seed", "train_size",
+                  "image_size")
 
 
 def seed_everything(seed: int) -> None:
@@ -51,7 +52,9 @@ def _check_run_folder(config: TrainConfig, out: Path) -> None:
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
-    differ = {k: (saved.get(k), getattr(config, k)) for k in _RESUME_FIELDS if saved.get(k) != getattr(config, k)}
+    default = TrainConfig()  # a field newer than the saved config had its default then
+    saved = {k: saved.get(k, getattr(default, k)) for k in _RESUME_FIELDS}
+    differ = {k: (saved[k], getattr(config, k)) for k in _RESUME_FIELDS if saved[k] != getattr(config, k)}
     if differ and last_complete_checkpoint(out) is not None:
         raise ValueError(f"{out} holds checkpoints of another configuration (saved vs requested: {differ}); "
                          f"choose another output_dir or delete that folder")
@@ -148,19 +151,21 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
     ), **overrides})
 
 
-def _training_rows(train_set, policy_image_size: int, seed: int):
-    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``stratified_order``)."""
+def _training_rows(train_set, policy_image_size: int, seed: int, rl_prompts: int = 0):
+    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``stratified_order``), cut to
+    its first ``rl_prompts`` (0: all)."""
     from datasets import Dataset
 
     rows = to_trl_rows(train_set, policy_image_size)
-    return Dataset.from_list(rows).select(stratified_order([r["query_kind"] for r in rows], seed))
+    order = stratified_order([r["query_kind"] for r in rows], seed)
+    return Dataset.from_list(rows).select(order[:rl_prompts] if rl_prompts else order)
 
 
 def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
     """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests)."""
     return GRTOTrainer(
         model=policy, processing_class=processor, args=grpo_args(config, repo_path(config.output_dir)),
-        train_dataset=_training_rows(train_set, policy_image_size, config.seed),
+        train_dataset=_training_rows(train_set, policy_image_size, config.seed, config.rl_prompts),
         scorer=RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold),
         train_tool=config.trains_tool,
         tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,

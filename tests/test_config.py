@@ -14,6 +14,7 @@ from grto_lib.config import TrainConfig
     ("steps", 0, "positive integer"),
     ("steps", "10", "positive integer"),
     ("generate_every", 0, "positive integer"),
+    ("rl_prompts", -1, "0 \\(all\\) or a positive integer"),
     ("num_generations", 1, "num_generations must be >= 2"),
     ("tool_lr", -1.0, "non-negative"),
     ("data_root", "/does/not/exist", "is not a folder"),

@@ -15,6 +15,7 @@ def test_plan_runs_every_method_on_every_setting_at_equal_compute():
         config = plan[name]
         assert (config.steps, config.prompts_per_step, config.num_generations) == (20, 8, 8)
         assert config.logging_steps == 1  # the training reward of every step
+        assert config.rl_prompts == 5 * config.prompts_per_step  # first and last 5 steps: the same prompts
     assert plan["control_reasonseg_grto_plus_bto_time"].steps == 20 + results.CONTROL_EXTRA_STEPS
 
 
@@ -56,7 +57,7 @@ def test_summarize_reports_mean_and_spread_over_seeds_and_checks_the_targets(tmp
     holds = {t["target"]: t["holds"] for t in summary["targets"]}
     assert holds["the stand-in follows its query: right object >= 0.9 (follows_query)"]
     assert holds["GRPO on reasonseg: test box accuracy >= reference + 0.10"]  # 0.2 - 0.05
-    assert not holds["training reward: mean of the last 5 logged steps above the first 5, in every run"]
+    assert not holds["training reward: mean of the last 5 logged steps above the first 5 (the same prompts), in every run"]
     assert all(holds[f"{d}: B-GRTO >= GRTO >= GRPO in test gIoU"] for d in DATASETS)
     assert holds["B-GRTO - GRPO >= +0.10 test gIoU, averaged over the three settings"]
     targets = (tmp_path / "results" / "targets.md").read_text()

@@ -250,6 +250,13 @@ def _trainer(tmp_path, **overrides):
     return build_trainer(config, policy, processor, tool, train_set, size)
 
 
+def test_rl_prompts_cuts_the_training_order_to_a_window_that_repeats(tmp_path):
+    whole = _trainer(tmp_path / "whole").train_dataset
+    window = _trainer(tmp_path / "window", rl_prompts=4).train_dataset
+    assert len(whole) == 16 and len(window) == 4
+    assert window["sample_index"] == whole["sample_index"][:4]  # the first 4 of the same stratified order
+
+
 def test_a_non_finite_loss_skips_the_update_and_training_goes_on(tmp_path):
     from transformers import TrainerCallback
 
