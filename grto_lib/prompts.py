@@ -93,3 +93,9 @@ def stratified_order(kinds: list, seed: int) -> np.ndarray:
         members = rng.permutation(np.flatnonzero(kinds == kind))
         keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
     return np.argsort(keys, kind="stable")
+
+
+def training_order(kinds: list, seed: int, rl_prompts: int = 0) -> np.ndarray:
+    """The samples RL visits, in order, every epoch: ``stratified_order`` cut to its first ``rl_prompts``
+    (``TrainConfig.rl_prompts``; 0: all)."""
+    return stratified_order(kinds, seed)[:rl_prompts or None]

@@ -27,7 +27,7 @@ from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
 from .config import TrainConfig, repo_path
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
-from .prompts import stratified_order, to_trl_rows
+from .prompts import to_trl_rows, training_order
 from .rewards import RewardWeights
 from .runs import load_models, load_splits
 from .scorer import RolloutScorer
@@ -145,20 +145,18 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         report_to=["tensorboard"],
         seed=config.seed,
         data_seed=config.seed,
-        shuffle_dataset=False,  # build_trainer orders the prompts (prompts.stratified_order)
+        shuffle_dataset=False,  # build_trainer orders the prompts (prompts.training_order)
         disable_tqdm=False,
         dataloader_num_workers=0,
     ), **overrides})
 
 
 def _training_rows(train_set, policy_image_size: int, seed: int, rl_prompts: int = 0):
-    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``stratified_order``), cut to
-    its first ``rl_prompts`` (0: all)."""
+    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``prompts.training_order``)."""
     from datasets import Dataset
 
     rows = to_trl_rows(train_set, policy_image_size)
-    order = stratified_order([r["query_kind"] for r in rows], seed)
-    return Dataset.from_list(rows).select(order[:rl_prompts] if rl_prompts else order)
+    return Dataset.from_list(rows).select(training_order([r["query_kind"] for r in rows], seed, rl_prompts))
 
 
 def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
