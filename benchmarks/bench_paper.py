@@ -229,7 +229,8 @@ def policy_config(arch: dict, tokenizer):
 
 
 def build_policy(arch: dict, tokenizer, device: str, dtype):
-    """Random-init Qwen2.5-VL built directly on ``device`` (no CPU copy of the 3B weights)."""
+    """Random-init Qwen2.5-VL built directly on ``device`` (no CPU copy of the 3B weights). Callers pass it through
+    ``grto_lib.policy.prepare_policy``, as ``load_policy`` does, so the benchmark runs the model users train."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
@@ -346,13 +347,12 @@ def forced_valid_scorer_class():
     class ForcedValidScorer(RolloutScorer):
         """Benchmark only: an unparseable completion gets a random box and points inside the image."""
 
-        def parse(self, texts, sample_indices):
-            answers, boxes, points, valid = super().parse(texts, sample_indices)
-            samples = self.samples(sample_indices)
-            rng = np.random.default_rng(len(texts) + int(sum(sample_indices)))
+        def parse(self, texts, samples):
+            answers, boxes, points, valid = super().parse(texts, samples)
+            rng = np.random.default_rng(len(texts))
             self.forced = int((~valid).sum())
             for i in np.flatnonzero(~valid):
-                h, w = samples[sample_indices[i]].mask.shape
+                h, w = samples[i].mask.shape
                 x1, y1 = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.6) * h
                 x2, y2 = x1 + rng.uniform(0.1, 0.4) * w, y1 + rng.uniform(0.1, 0.4) * h
                 boxes[i] = [x1, y1, x2, y2]
@@ -402,25 +402,6 @@ def step_probe(counter):
     return StepProbe()
 
 
-def trainer_args(method: str, prompts: int, group: int, steps: int, max_new_tokens: int, micro_batch: int,
-                 tokenizer, output_dir: str, generate_every: int = 1):
-    """TRL GRPOConfig from ``grto_lib.train.grpo_args`` (the project's settings), with benchmark overrides."""
-    from grto_lib.config import TrainConfig
-    from grto_lib.train import grpo_args
-
-    config = TrainConfig(method=method, preset="paper", prompts_per_step=prompts, num_generations=group,
-                         steps=steps, max_completion_length=max_new_tokens, logging_steps=1, curve_every=0,
-                         output_dir=output_dir, loss_type="grpo", generate_every=generate_every)
-    total = prompts * group
-    return config, grpo_args(
-        config, Path(output_dir),
-        per_device_train_batch_size=micro_batch, gradient_accumulation_steps=total // micro_batch,
-        steps_per_generation=total // micro_batch * generate_every,
-        report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=1, warmup_steps=0,
-        generation_kwargs={"suppress_tokens": special_ids(tokenizer)},
-    )
-
-
 class GenerationTimer:
     """Wraps a trainer's ``_generate_single_turn`` (TRL's call of ``model.generate``): completions, tokens and
     synchronised seconds of every generation call made inside the RL step."""
@@ -443,22 +424,23 @@ class GenerationTimer:
 
 def run_trainer(record, label, method, policy, processor, tool, dataset, policy_px, counter, *, prompts, group,
                 steps, max_new_tokens, micro_batch, generate_every=1, bound_steps_per_s=None, after_train=None):
-    from datasets import Dataset
-
-    from grto_lib.prompts import to_trl_rows
-    from grto_lib.trainer import GRTOTrainer
+    """A few steps of the trainer ``grto_lib.train.build_trainer`` builds for the paper preset (random tool), with
+    the benchmark's scorer, every special token suppressed, no logging or saving, no warm-up."""
+    from grto_lib.config import TrainConfig
+    from grto_lib.train import build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        config, args = trainer_args(method, prompts, group, steps, max_new_tokens, micro_batch,
-                                    processor.tokenizer, tmp, generate_every)
+        config = TrainConfig(method=method, preset="paper", random_tool=True, prompts_per_step=prompts,
+                             num_generations=group, steps=steps, max_completion_length=max_new_tokens,
+                             logging_steps=1, curve_every=0, output_dir=tmp, loss_type="grpo",
+                             generate_every=generate_every, micro_batch=micro_batch, warmup_steps=0,
+                             tool_weighting="uniform")  # ForcedValidScorer's random boxes are rarely on target
         tool.set_trainable("decoder")  # a previous grpo trainer froze it
         scorer = forced_valid_scorer_class()(dataset, tool, policy_px)
-        trainer = GRTOTrainer(
-            model=policy, processing_class=processor, args=args,
-            train_dataset=Dataset.from_list(to_trl_rows(dataset, policy_px)), scorer=scorer,
-            train_tool=config.trains_tool, tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight,
-            tool_loss=config.tool_loss, tool_weighting=config.tool_weighting,
-        )
+        trainer = build_trainer(config, policy, processor, tool, dataset, policy_px, scorer=scorer, report_to=[],
+                                disable_tqdm=True, save_strategy="no",
+                                generation_kwargs={"suppress_tokens": special_ids(processor.tokenizer)})
+        args = trainer.args
         probe = step_probe(counter)
         trainer.add_callback(probe)
         generation = GenerationTimer(trainer, bound_steps_per_s)
@@ -515,7 +497,13 @@ def section_core(record, size, opts, deadline):
     record("environment", **environment(), size=opts.size)
     dataset = build_data(size, 32)  # grto_generate_every_16 samples 32 distinct prompts
     processor = build_processor(dataset, size["policy_px"])
+    from grto_lib.fast_qwen import disable_fast_paths
+    from grto_lib.policy import PolicyConfig, prepare_policy
+
     policy, built = timed(lambda: build_policy(size["arch"], processor.tokenizer, device, dtype))
+    policy = prepare_policy(policy, PolicyConfig(preset="paper", lora=False))  # the fast paths, as load_policy
+    if opts.stock_paths:
+        disable_fast_paths(policy)
     stats = param_stats(policy)
     bound = H100_BANDWIDTH / stats["weight_bytes"]
     record("policy", build_seconds=round(built, 2), dtype=str(dtype), weight_read_bound_steps_per_s=round(bound, 1),
@@ -551,8 +539,9 @@ def section_core(record, size, opts, deadline):
                            note="TRL cache_implementation='static' (TRL sets disable_compile=True)")
 
     # --- LoRA (the paper preset trains an adapter) ---------------------------------------------------------
-    from grto_lib.policy import PolicyConfig, wrap_lora
-    policy = wrap_lora(policy, PolicyConfig(preset="paper", lora=True))
+    policy = prepare_policy(policy, PolicyConfig(preset="paper", lora=True))
+    if opts.stock_paths:
+        disable_fast_paths(policy)
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     record("lora", trainable_parameters=trainable, r=16, alpha=32, targets="language model q,k,v,o,gate,up,down")
     with record.guard("generate_lora"):
@@ -716,7 +705,7 @@ def section_distributed(record, size, opts, deadline):
     models, generates and scores its own prompts, and DDP / ``GRTOTrainer._step_tool`` average the policy's and
     the tool's gradients. After the last step, every process's policy and tool parameters are compared through
     fingerprints (``grto_lib.train.parameters_in_sync``); throughput is completions per second of all processes."""
-    from grto_lib.policy import PolicyConfig, wrap_lora
+    from grto_lib.policy import PolicyConfig, prepare_policy
     from grto_lib.train import parameters_in_sync
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
@@ -728,7 +717,7 @@ def section_distributed(record, size, opts, deadline):
     dataset = build_data(size, 16)
     processor = build_processor(dataset, size["policy_px"])
     policy = build_policy(size["arch"], processor.tokenizer, device, dtype)
-    policy = wrap_lora(policy, PolicyConfig(preset="paper", lora=True))
+    policy = prepare_policy(policy, PolicyConfig(preset="paper", lora=True))
     tool = build_tool(size["tool"], device)
     bound = H100_BANDWIDTH / param_stats(policy)["weight_bytes"]
     group = opts.group
@@ -793,6 +782,8 @@ def main(argv=None):
     parser.add_argument("--policy-weight-bytes", type=int, default=None,
                         help="cb: weight bytes of the whole VLM for the bound (default: the LM's own)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stock-paths", action="store_true",
+                        help="core: transformers' own Qwen2.5-VL classes (grto_lib.fast_qwen off), for comparisons")
     opts = parser.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)

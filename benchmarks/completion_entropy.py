@@ -20,7 +20,7 @@ import torch
 from grto_lib.data import load_dataset
 from grto_lib.generation import generate_completions
 from grto_lib.policy import PolicyConfig, load_policy
-from grto_lib.prompts import build_messages, policy_view
+from grto_lib.prompts import build_messages, policy_view, system_prompt_for
 
 
 def parts(tokens: list[str]) -> list[str]:
@@ -52,7 +52,8 @@ def entropies(model, processor, world: str, samples: int, temperatures) -> dict:
     for i, text in enumerate(texts):
         sample = dataset[i]
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        prompt = processor.apply_chat_template(build_messages(sample.query), add_generation_prompt=True, tokenize=False)
+        prompt = processor.apply_chat_template(build_messages(sample.query, system_prompt_for(processor)),
+                                               add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[prompt], images=[policy_view(sample.image, 128)], return_tensors="pt")
         full = torch.cat([inputs["input_ids"], torch.tensor([ids])], 1)
         token_types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(ids), dtype=torch.long)], 1)

@@ -2,7 +2,7 @@
 
 The public API, the names notebooks and your own code should use (see the README):
 """
-from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
+from .bootstrap import bootstrap_tool, bto_buffer, build_bto_buffer, load_bto_buffer
 from .config import TrainConfig, repo_path
 from .data import load_dataset
 from .evaluate import evaluate_oracle, evaluate_policy, markdown_table, rollout_groups
@@ -22,7 +22,7 @@ from .trainer import GRTOTrainer
 
 __all__ = [
     "Answer", "GRTOTrainer", "PolicyConfig", "RewardWeights", "RolloutScorer", "Sample", "SegmentationTool",
-    "ToolConfig", "TrainConfig", "bootstrap_tool", "build_bto_buffer", "build_messages", "build_trainer",
+    "ToolConfig", "TrainConfig", "bootstrap_tool", "bto_buffer", "build_bto_buffer", "build_messages", "build_trainer",
     "cod_scores", "evaluate_oracle", "evaluate_policy", "format_answer", "generate_completions",
     "group_advantages", "grpo_token_loss", "load_bto_buffer", "load_dataset", "load_policy", "load_tool",
     "parse_answer", "save_tool", "segmentation_scores", "to_trl_rows", "tool_loss", "tool_loss_weights", "train",

@@ -7,24 +7,79 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grto_lib.losses import LOSS_TYPES, SCALES, TOOL_LOSS_KINDS, WEIGHT_SCHEMES
+from grto_lib.losses import DEFAULT_TOOL_WEIGHTING, LOSS_TYPES, SCALES, TOOL_LOSS_KINDS, WEIGHT_SCHEMES
 
 METHODS = ("grpo", "grto", "b-grto")
+COMPLETION_TOKENS = {"tiny": 128, "paper": 512}
+"""``max_completion_length`` by preset (see ``TrainConfig.max_completion_length``)."""
+SAM_VIT_H_CHECKPOINT = "sam_vit_h_4b8939.pth"
+SAM_VIT_H_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face hub model id: ``owner/name``."""
 DATASETS = ("reasonseg", "cod", "earthreason")
 PRESETS = ("tiny", "paper")
 POLICY_TRAIN = ("decoder", "all")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def is_source_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is a clone of this project: ``grto_lib/`` beside a pyproject.toml naming grto_lib."""
+    import tomllib
+
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text()).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return project.get("name") == "grto_lib" and (folder / "grto_lib" / "__init__.py").is_file()
+
+
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+IN_SOURCE_CHECKOUT = is_source_checkout(_PACKAGE_PARENT)
+"""True when grto_lib runs from a clone (``make setup``'s editable install, or the clone on ``sys.path``);
+False when it is installed from a wheel, e.g. into site-packages."""
+REPO_ROOT = _PACKAGE_PARENT if IN_SOURCE_CHECKOUT else Path.cwd()
+"""The folder that the default locations (``data/standins/``, ``results/``, ``outputs/``) are in: the repository
+root in a source checkout; for an installed grto_lib, which has no repository, the working directory at import."""
 
 
 def repo_path(path) -> Path:
-    """A path relative to the repository root (absolute paths unchanged), wherever the caller runs from:
-    notebooks run by papermill from the root or from ``notebooks/`` find the same folders."""
+    """``path`` by the one rule for relative paths (absolute paths are returned unchanged): in a source checkout
+    they are relative to the repository root, wherever the caller runs (notebooks run by papermill from the root
+    or from ``notebooks/`` find the same folders); for an installed grto_lib, relative to the current working
+    directory."""
     path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    if path.is_absolute():
+        return path
+    return (REPO_ROOT if IN_SOURCE_CHECKOUT else Path.cwd()) / path
 
+
+
+def model_location(name_or_path: str, what: str = "policy_path") -> str:
+    """A model's local folder (``repo_path``'s rule for relative paths) or its hub id, checked before any work:
+    a folder must hold ``config.json``; anything else must be a hub id (``owner/name``), and while
+    ``HF_HUB_OFFLINE`` is set it must be in the local Hugging Face cache. Raises ValueError naming the problem."""
+    path = repo_path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{what}={name_or_path!r}: {path} is a folder without config.json, not a model folder "
+                             f"(save_pretrained and a downloaded hub snapshot write one)")
+        return str(path)
+    if path.exists():
+        raise ValueError(f"{what}={name_or_path!r}: {path} is a file; give a model folder (with config.json) or a "
+                         f"hub id such as Qwen/Qwen2.5-VL-3B-Instruct")
+    if not HUB_ID.fullmatch(str(name_or_path)):
+        raise ValueError(f"{what}={name_or_path!r} is neither a model folder (there is no folder {path}) nor a hub "
+                         f"id (owner/name, such as Qwen/Qwen2.5-VL-3B-Instruct)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(str(name_or_path), "config.json"), str):
+        raise ValueError(f"{what}={name_or_path!r}: there is no folder {path}, and the hub model {name_or_path} is not "
+                         f"in the local Hugging Face cache while HF_HUB_OFFLINE=1. Download it first "
+                         f"(`huggingface-cli download {name_or_path}` where there is network) or give its folder")
+    return str(name_or_path)
 
 @dataclass
 class TrainConfig:
@@ -38,7 +93,8 @@ class TrainConfig:
     steps: int = 100
     """Optimizer steps."""
     prompts_per_step: int = 8
-    """Distinct prompts (images + queries) per step; each gets ``num_generations`` rollouts."""
+    """Distinct prompts (images + queries) per step and per process; each gets ``num_generations`` rollouts
+    (N processes make a step of N x prompts_per_step prompts)."""
     rl_prompts: int = 0
     """RL cycles through the first N prompts of the training order, epoch after epoch (0: all ``train_size``,
     each seen about once). N = 5 x ``prompts_per_step`` makes the first and the last 5 steps of a run see the
@@ -47,6 +103,11 @@ class TrainConfig:
     """G: rollouts per prompt, the group the advantages are relative to."""
     policy_lr: float = 5e-5
     """Policy learning rate (AdamW, constant after warm-up)."""
+    warmup_steps: int = 5
+    """Steps over which the policy's learning rate rises linearly from 0 (capped at ``steps``; the tool's is
+    constant)."""
+    clip_epsilon: float = 0.2
+    """epsilon of the clipped ratio, clip(rho, 1 - epsilon, 1 + epsilon)."""
     policy_train: str = "decoder"
     """Which policy weights RL updates (without LoRA): decoder (the language model's decoder layers, attention
     and MLP; the vision tower, token embeddings and output head keep their pretrained values, as under the paper
@@ -60,9 +121,10 @@ class TrainConfig:
     the raw difference from the group mean)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
-    max_completion_length: int = 128
-    """Longest completion in tokens (the tiny stand-in's take 55-100: its thought lists the objects it sees; a
-    clipped answer fails the format)."""
+    max_completion_length: int | None = None
+    """Longest completion in tokens; a clipped answer fails the format. None: the preset's default, tiny 128 (the
+    stand-in's completions take 55-100 tokens: its thought lists the objects it sees), paper 512 (room for a real
+    model's reasoning, about 100-300 tokens in Seg-Zero-style R1 training, plus a 30-40-token answer)."""
     reward_weights: dict = field(default_factory=dict)
     """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
     box_threshold: float | None = None
@@ -76,11 +138,13 @@ class TrainConfig:
     """lambda: weight of the tool loss in the joint surrogate."""
     tool_loss: str = "bce_dice"
     """Differentiable surrogate of mask IoU: bce_dice | soft_iou."""
-    tool_weighting: str = "on_target"
+    tool_weighting: str = DEFAULT_TOOL_WEIGHTING
     """Which rollouts the tool loss (and BTO) trains on, see losses.tool_loss_weights: on_target (those whose box
     matches the target's, box IoU > 0.5: the tool never sees the query, so it can only learn to follow prompts
     that point at the target) | uniform (every valid rollout: the unbiased estimate of grad_phi J, which with an
     unreliable policy teaches the tool to ignore its prompt) | advantage | positive (ablations)."""
+    tool_max_grad_norm: float = 1.0
+    """Largest norm of the tool's gradient per update, in GRTO and BTO (larger ones are scaled down to it)."""
 
     # --- BTO: the bootstrap (b-grto only) -------------------------------------------------------------------------
     bto_prompts: int = 1024
@@ -100,8 +164,8 @@ class TrainConfig:
     dataset: str = "reasonseg"
     """Setting: reasonseg | cod | earthreason."""
     data_root: str | None = None
-    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data); relative
-    paths are relative to the repository root."""
+    """None: the synthetic tiny-world generator. A folder: the real release (see grto_lib.data); a relative
+    path follows ``repo_path``'s rule (the repository root in a clone, else the working directory)."""
     test_data_root: str | None = None
     """Real data only: a separate folder for the test split (COD releases ship train and test as separate
     folders, e.g. ``TrainDataset`` and ``TestDataset/COD10K``). None: ``data_root``."""
@@ -116,13 +180,18 @@ class TrainConfig:
     preset: str = "tiny"
     """tiny: the tiny world's stand-ins (CPU, minutes) | paper: Qwen2.5-VL-3B + LoRA and SAM ViT-H."""
     policy_path: str | None = None
-    """Policy weights (hub id or folder). None: the preset's default."""
+    """Policy weights: a hub id (``Qwen/Qwen2.5-VL-3B-Instruct``, ``Qwen/Qwen2.5-VL-7B-Instruct``) or a model
+    folder (with ``config.json``). None: the preset's default (tiny: the stand-in; paper: the 3B's hub id)."""
     tool_checkpoint: str | None = None
-    """SAM weights. None: the preset's default (tiny: the stand-in; paper: required for real use)."""
+    """SAM weights: a checkpoint file (``sam_vit_h_4b8939.pth``) or a ``save_tool`` folder. None: the tiny
+    preset's stand-in; the paper preset refuses None unless ``random_tool``."""
     lora: bool = False
     """Train a LoRA adapter instead of all policy weights (the paper preset always does)."""
+    random_tool: bool = False
+    """paper preset without ``tool_checkpoint``: build SAM ViT-H with random weights instead of refusing to run.
+    For benchmarks of speed and memory only: a random tool makes every mask reward meaningless."""
 
-    # --- compute (same numbers, other memory and speed) -----------------------------------------------------------
+    # --- compute (memory and speed; micro_batch and compile_generation keep the numbers) --------------------------
     micro_batch: int | None = None
     """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
     prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
@@ -132,12 +201,18 @@ class TrainConfig:
     larger, which keeps a GPU busier (measured in docs/benchmarks.md); the rollouts of the later k - 1 steps are
     slightly off-policy, which TRL's importance ratio and clipping correct (TRL's ``steps_per_generation`` = k x
     gradient-accumulation steps). 1: every step on-policy."""
+    compile_generation: bool = False
+    """Generate with a static key-value cache, whose decoding step transformers compiles with torch.compile on a
+    GPU (on a CPU the static cache runs uncompiled); prompts are padded to a multiple of 64 tokens so that few
+    shapes are compiled. The first generation of each shape pays the compilation (tens of seconds at 3B).
+    Experimental: on an H200 the compiled decoding ran 3x faster alone, but inside the trainer sampling failed on
+    NaN probabilities (docs/benchmarks.md, section 8), so it is off by default."""
 
     # --- bookkeeping ----------------------------------------------------------------------------------------------
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
     output_dir: str = "outputs/run"
-    """Where checkpoints, logs and metrics.json go (relative paths are relative to the repository root)."""
+    """Where checkpoints, logs and metrics.json go (a relative path follows ``repo_path``'s rule)."""
     save_steps: int = 50
     """Checkpoint every this many steps (and at the end)."""
     curve_every: int = 25
@@ -148,6 +223,8 @@ class TrainConfig:
     """Log to the console and TensorBoard every this many steps."""
 
     def __post_init__(self):
+        if self.max_completion_length is None:
+            self.max_completion_length = COMPLETION_TOKENS[self.preset] if self.preset in COMPLETION_TOKENS else None
         self.validate()
 
     def validate(self) -> None:
@@ -167,6 +244,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if isinstance(self.rl_prompts, bool) or not isinstance(self.rl_prompts, int) or self.rl_prompts < 0:
             raise ValueError(f"TrainConfig.rl_prompts must be 0 (all) or a positive integer, got {self.rl_prompts!r}")
         total = self.prompts_per_step * self.num_generations
@@ -176,7 +255,8 @@ class TrainConfig:
                              f"prompts_per_step * num_generations = {total}")
         if self.num_generations < 2:
             raise ValueError("TrainConfig.num_generations must be >= 2: advantages are relative to the group")
-        for name in ("policy_lr", "tool_lr", "bto_lr", "beta", "tool_loss_weight", "temperature"):
+        for name in ("policy_lr", "tool_lr", "bto_lr", "beta", "tool_loss_weight", "temperature",
+                     "tool_max_grad_norm", "clip_epsilon"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
@@ -194,6 +274,18 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}={value!r} is not a folder (None = synthetic data)")
         if self.test_data_root is not None and self.data_root is None:
             raise ValueError("TrainConfig.test_data_root needs data_root (synthetic data has its own test split)")
+        if self.policy_path is not None:
+            model_location(self.policy_path, "TrainConfig.policy_path")
+        if self.tool_checkpoint is not None:
+            checkpoint = repo_path(self.tool_checkpoint)
+            if not (checkpoint.is_file() or (checkpoint / "tool_config.json").is_file()):
+                raise ValueError(f"TrainConfig.tool_checkpoint={self.tool_checkpoint!r}: {checkpoint} is neither a "
+                                 f"checkpoint file (.pth, .safetensors) nor a folder written by save_tool")
+        elif self.preset == "paper" and not self.random_tool:
+            raise ValueError(
+                f"TrainConfig(preset='paper') needs tool_checkpoint: the path of SAM ViT-H's official checkpoint "
+                f"{SAM_VIT_H_CHECKPOINT} (download it from {SAM_VIT_H_URL}) or of a folder written by save_tool. "
+                f"random_tool=True runs a randomly initialised ViT-H instead, for speed and memory benchmarks only")
 
     @property
     def trains_tool(self) -> bool:

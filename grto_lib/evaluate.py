@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .generation import MAX_NEW_TOKENS, generate_completions
+from .generation import generate_completions, max_new_tokens_for
 from .geometry import box_iou, box_on_target, mask_to_box
 from .metrics import cod_scores, mask_iou, segmentation_scores
 from .scorer import RolloutScorer
@@ -50,7 +50,7 @@ def _scores(samples, probabilities, pred_boxes, with_cod: bool) -> dict:
 
 
 def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *, indices=None, with_cod=None,
-                    max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32, return_records: bool = False):
+                    max_new_tokens: int | None = None, batch_size: int = 32, return_records: bool = False):
     """Scores of the pipeline: ``giou``, ``ciou``, ``box_acc``, ``format_valid``, ``n``, ``n_missing`` (+ COD).
 
     With ``return_records``, also one dict per sample: ``id``, ``query``, ``completion``, ``valid``, ``box``,
@@ -61,7 +61,7 @@ def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *,
     texts = [group[0] for group in generate_completions(policy, processor, samples, policy_image_size,
                                                         max_new_tokens=max_new_tokens, batch_size=batch_size)]
     scorer = RolloutScorer(dataset, tool, policy_image_size)
-    _, boxes, points, valid = scorer.parse(texts, indices)
+    _, boxes, points, valid = scorer.parse(texts, samples)
     probabilities = _tool_probabilities(tool, samples, boxes, points, valid)
     pred_boxes = [box if v else None for box, v in zip(boxes, valid)]
     with_cod = with_cod if with_cod is not None else samples[0].id.startswith("cod")
@@ -89,7 +89,7 @@ def evaluate_oracle(tool, dataset, *, indices=None, with_cod=None) -> dict:
 
 
 def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, indices, group_size: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0) -> list[list[dict]]:
+                   temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0) -> list[list[dict]]:
     """For each sample, ``group_size`` sampled rollouts as training sees them: completion, box, points, the
     tool's mask and every reward term (``RolloutScorer``), plus the group-relative advantage."""
     from .losses import group_advantages
@@ -101,9 +101,8 @@ def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, 
                                  do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens)
     flat_index = [i for i in indices for _ in range(group_size)]
     flat_text = [t for group in texts for t in group]
-    scorer = RolloutScorer(dataset, tool, policy_image_size)
-    terms = scorer.score(flat_text, flat_index)  # parses, runs the tool once per image, scores
-    batch = scorer.pop_tool_batch()
+    scored = RolloutScorer(dataset, tool, policy_image_size).score(flat_text, flat_index)  # the tool once per image
+    terms, batch = scored.terms, scored.tool_batch
     weights = RewardWeights()
     advantages = group_advantages(torch.as_tensor(weights.total(terms)), group_size).tolist()
     rollouts = [
@@ -111,7 +110,7 @@ def rollout_groups(policy, processor, tool, dataset, policy_image_size: int, *, 
          "points": points.cpu().numpy() if valid else None, "mask": mask,
          "rewards": {k: terms[k][r] * getattr(weights, k) for k in terms}, "advantage": advantages[r]}
         for r, (text, valid, box, points, mask) in enumerate(zip(flat_text, batch.valid.tolist(), batch.boxes,
-                                                                 batch.points, scorer.pred_masks))
+                                                                 batch.points, scored.pred_masks))
     ]
     return [rollouts[k * group_size:(k + 1) * group_size] for k in range(len(indices))]
 
@@ -136,7 +135,7 @@ def picked_object(box, objects) -> int | None:
 
 
 def follows_query(policy, processor, policy_image_size: int, scenes: int = 120,
-                  max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32) -> dict:
+                  max_new_tokens: int | None = None, batch_size: int = 32) -> dict:
     """Ask for every object of each multi-object ``shapes`` test scene by its explicit name ("the red circle").
 
     ``right_object``: share of queries whose greedy box best matches the object named; ``chance``: what a blind
@@ -164,7 +163,7 @@ def follows_query(policy, processor, policy_image_size: int, scenes: int = 120,
 
 
 def selection_scores(policy, processor, dataset, policy_image_size: int, *, rollouts: int = 8, indices=None,
-                     temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
+                     temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0,
                      batch_size: int = 32) -> dict:
     """What reward can select from, per query kind of a synthetic ``dataset`` and over ``"all"``:
     ``greedy_box_acc`` (box IoU > 0.5, greedy), ``greedy_right_object``, ``sampled_box_acc`` (mean over

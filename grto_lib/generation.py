@@ -7,12 +7,18 @@ keeps vision inputs aligned for every vision-language model.
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
-from .prompts import build_messages, policy_view
+from .config import COMPLETION_TOKENS
+from .prompts import build_messages, policy_view, system_prompt_for
 
-MAX_NEW_TOKENS = 128
-"""Default length limit of a generated completion (the tiny stand-in's take 55-100 tokens; training uses
-``TrainConfig.max_completion_length``, 128 too)."""
+
+def max_new_tokens_for(processor) -> int:
+    """The completion limit a policy runs with when a caller gives none: its processor's ``max_new_tokens`` (the
+    tiny stand-in's processor declares 128: its completions take 55-100 tokens), else the paper preset's
+    ``config.COMPLETION_TOKENS["paper"]`` (512, room for a real model's reasoning). Training uses
+    ``TrainConfig.max_completion_length``, which defaults to the same numbers."""
+    return getattr(processor, "max_new_tokens", COMPLETION_TOKENS["paper"])
 
 
 def _tokenizer(processor):
@@ -21,9 +27,12 @@ def _tokenizer(processor):
 
 @torch.no_grad()
 def generate_completions(model, processor, samples, policy_image_size: int, *, n: int = 1, do_sample: bool = False,
-                         temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS,
-                         batch_size: int = 32) -> list[list[str]]:
-    """``n`` completions for each sample (a list of ``n`` strings per sample, in order)."""
+                         temperature: float = 1.0, max_new_tokens: int | None = None,
+                         batch_size: int = 32, progress: str | None = None) -> list[list[str]]:
+    """``n`` completions for each sample (a list of ``n`` strings per sample, in order), generated ``batch_size``
+    at a time, at most ``max_new_tokens`` tokens each (None: ``max_new_tokens_for(processor)``); ``progress``: the
+    label of a progress bar over the batches (None: no bar)."""
+    max_new_tokens = max_new_tokens or max_new_tokens_for(processor)
     tokenizer = _tokenizer(processor)
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
@@ -32,13 +41,15 @@ def generate_completions(model, processor, samples, policy_image_size: int, *, n
     prompt_text = {}
     requests = [(i, s) for i, s in enumerate(samples) for _ in range(n)]
     outputs: list[list[str]] = [[] for _ in samples]
-    for start in range(0, len(requests), batch_size):
+    starts = range(0, len(requests), batch_size)
+    for start in starts if progress is None else tqdm(starts, desc=progress):
         chunk = requests[start:start + batch_size]
         texts, images = [], []
         for i, sample in chunk:
             if sample.query not in prompt_text:
                 prompt_text[sample.query] = processor.apply_chat_template(
-                    build_messages(sample.query), add_generation_prompt=True, tokenize=False)
+                    build_messages(sample.query, system_prompt_for(processor)), add_generation_prompt=True,
+                    tokenize=False)
             texts.append(prompt_text[sample.query])
             images.append(policy_view(sample.image, policy_image_size))
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True).to(device)
@@ -65,7 +76,8 @@ def completion_logprobs(model, processor, sample, completions: list[str], policy
     """
     tokenizer = _tokenizer(processor)
     device = next(model.parameters()).device
-    prompt = processor.apply_chat_template(build_messages(sample.query), add_generation_prompt=True, tokenize=False)
+    prompt = processor.apply_chat_template(build_messages(sample.query, system_prompt_for(processor)),
+                                           add_generation_prompt=True, tokenize=False)
     image = policy_view(sample.image, policy_image_size)
     prompt_inputs = processor(text=[prompt] * len(completions), images=[image] * len(completions),
                               return_tensors="pt", padding=True).to(device)

@@ -9,9 +9,11 @@ Notation: a batch of B completions, G per prompt (consecutive), T completion tok
   given per-token log-probabilities (no model): the clipped-ratio surrogate plus the optional k3 KL term. With
   the trainer's defaults (``loss_type="grpo"``, no KL, one micro-batch) it equals ``clipped_policy_loss``.
 * ``tool_loss``: the differentiable stand-in for the mask reward, per rollout (BCE + soft Dice, or soft IoU).
-* ``tool_loss_weights``: how per-rollout tool losses are averaged. Since sampling o ~ pi_theta does not
-  depend on the tool's parameters phi, grad_phi J = E_o[grad_phi r_mask] has no score-function term, and
-  the uniform mean over the valid rollouts of a batch is its unbiased estimate; other schemes are ablations.
+* ``tool_loss_selection`` / ``tool_loss_weights``: which per-rollout tool losses count and how they are averaged.
+  Since sampling o ~ pi_theta does not depend on the tool's parameters phi, grad_phi J = E_o[grad_phi r_mask]
+  has no score-function term, and the uniform mean over the valid rollouts of a batch is its unbiased estimate;
+  the default, ``on_target``, keeps only rollouts whose box covers the target (biased, but the tool cannot read
+  the query); the others are ablations.
 
 The GRTO surrogate is L = grpo_token_loss(...) + lambda * sum_i w_i tool_loss_i, with w = tool_loss_weights(...),
 the advantages computed from stop-gradient rewards and the tool prompted with stop-gradient parsed answers.
@@ -25,6 +27,8 @@ SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TOOL_LOSS_KINDS = ("bce_dice", "soft_iou")
 WEIGHT_SCHEMES = ("uniform", "advantage", "positive", "on_target")
+DEFAULT_TOOL_WEIGHTING = "on_target"
+"""The weighting scheme of ``TrainConfig`` and BTO unless told otherwise (see ``tool_loss_selection``)."""
 
 
 def _nanstd(x: torch.Tensor, dim=None) -> torch.Tensor:
@@ -276,28 +280,24 @@ def rollout_tool_losses(logits, samples, kind: str = "bce_dice") -> torch.Tensor
     return tool_loss(logits, torch.stack(targets), ignore, kind)
 
 
-def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str = "uniform",
-                      on_target: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Weights [N] for averaging per-rollout tool losses: they sum to 1 over the rollouts they select, else all 0.
-    This is the one place that decides which rollouts train the tool (GRTO's loss and BTO's buffer alike).
+def tool_loss_selection(advantages: torch.Tensor, valid: torch.Tensor, scheme: str,
+                        on_target: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Unnormalised weights u [N] >= 0 of per-rollout tool losses: which rollouts train the tool, and how much.
+    This is the one place that decides it (GRTO's loss and BTO's buffer alike); ``tool_loss_weights`` normalises.
 
-    * ``uniform`` (default, unbiased): w_i = 1 / #valid on valid rollouts. The tool gradient
-      grad_phi J = E_{o ~ pi_theta}[grad_phi r_mask] has no advantage in it; each valid rollout is one sample
-      of the prompt distribution the tool will see.
-    * ``advantage`` (ablation, biased): w_i = max(A_i, 0) / sum_j max(A_j, 0) over valid rollouts. A soft
-      version of ``positive``: the tool fits the prompts of better-than-average rollouts, most of all the
-      best. Signed weights are excluded on purpose: a negative weight would *maximise* the tool loss on bad
-      prompts, a direction with no bound.
-    * ``positive`` (ablation, biased): w_i = 1 / #{valid, A > 0} on valid rollouts with A_i > 0 (top-k by
-      sign).
-    * ``on_target`` (biased; ``TrainConfig``'s default): uniform over the valid rollouts whose box matches the
-      target's, given as the bool tensor ``on_target`` [N] (box IoU > 0.5: ``geometry.box_on_target``). The tool
-      does not see the query: from a box around another object, the only way to lower its loss is to stop
+    * ``uniform`` (unbiased): u_i = 1 on valid rollouts. The tool gradient grad_phi J = E_{o ~ pi_theta}[grad_phi
+      r_mask] has no advantage in it; each valid rollout is one sample of the prompt distribution the tool will see.
+    * ``advantage`` (ablation, biased): u_i = max(A_i, 0) on valid rollouts. A soft version of ``positive``: the
+      tool fits the prompts of better-than-average rollouts, most of all the best. Signed weights are excluded on
+      purpose: a negative weight would *maximise* the tool loss on bad prompts, a direction with no bound.
+    * ``positive`` (ablation, biased): u_i = 1 on valid rollouts with A_i > 0 (top-k by sign).
+    * ``on_target`` (biased; the default, ``DEFAULT_TOOL_WEIGHTING``): u_i = 1 on the valid rollouts whose box
+      matches the target's, given as the bool tensor ``on_target`` [N] (box IoU > 0.5: ``geometry.box_on_target``).
+      The tool does not see the query: from a box around another object, the only way to lower its loss is to stop
       following the box. The uniform estimate includes those rollouts; with a policy that boxes the wrong object
       half the time, it taught the tiny tool to ignore its prompts.
 
-    Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0; when nothing is
-    selected every weight is 0, so the tool loss and its gradient vanish.
+    Invalid rollouts (no parseable answer, hence no prompt for the tool) always get 0.
     """
     if scheme not in WEIGHT_SCHEMES:
         raise ValueError(f"scheme must be one of {WEIGHT_SCHEMES}, got {scheme!r}")
@@ -317,10 +317,22 @@ def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str
     if scheme != "uniform" and not torch.isfinite(advantages[valid]).all():
         raise ValueError("advantages of valid rollouts must be finite")
     if scheme in ("uniform", "on_target"):
-        raw = valid.to(dtype)
-    elif scheme == "positive":
-        raw = (valid & (advantages > 0)).to(dtype)
-    else:
-        raw = torch.where(valid, advantages.clamp(min=0), torch.zeros_like(advantages))
-    total = raw.sum()
-    return raw / total if total > 0 else torch.zeros_like(raw)
+        return valid.to(dtype)
+    if scheme == "positive":
+        return (valid & (advantages > 0)).to(dtype)
+    return torch.where(valid, advantages.clamp(min=0), torch.zeros_like(advantages))
+
+
+def tool_loss_weights(advantages: torch.Tensor, valid: torch.Tensor, scheme: str,
+                      on_target: torch.Tensor | None = None, total=None) -> torch.Tensor:
+    r"""Weights w_i = u_i / total [N] for averaging per-rollout tool losses, u = ``tool_loss_selection(...)``.
+
+    ``total`` is the normaliser sum_j u_j; by default the sum over these N rollouts, so the weights sum to 1 over
+    the rollouts they select (e.g. ``uniform``: w_i = 1 / #valid). The trainer passes the sum over the whole
+    optimizer step, all micro-batches and all processes, so that each micro-batch's sum_i w_i L_i adds up to the
+    same update however the step is split. When nothing is selected (total 0) every weight is 0, so the tool loss
+    and its gradient vanish.
+    """
+    selection = tool_loss_selection(advantages, valid, scheme, on_target)
+    total = selection.sum() if total is None else torch.as_tensor(total, dtype=selection.dtype)
+    return selection / total if total > 0 else torch.zeros_like(selection)

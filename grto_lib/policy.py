@@ -29,6 +29,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import string
@@ -49,7 +50,7 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from . import prompts
-from .config import REPO_ROOT
+from .config import COMPLETION_TOKENS, IN_SOURCE_CHECKOUT, REPO_ROOT
 from .fast_qwen import enable_fast_paths
 
 PRESETS = ("tiny", "paper")
@@ -57,7 +58,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TINY_DEFAULT_PATH = "data/standins/policy"
 """The tiny stand-in's folder, relative to the repository root."""
 PAPER_DEFAULT_PATH = "Qwen/Qwen2.5-VL-3B-Instruct"
-STANDIN_BUILD_COMMAND = "python -m grto_lib.tinyworld.standins --only policy --force"
 LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SPECIAL_TOKENS = (
@@ -75,7 +75,7 @@ MAX_NUMBER = 255
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + prompts.SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "<|im_start|>system\n" + prompts.TINY_SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -268,7 +268,7 @@ def build_tokenizer(corpus) -> PreTrainedTokenizerFast:
     fixed = [*SPECIAL_TOKENS, *ANSWER_TOKENS, *map(str, range(MAX_NUMBER + 1)), *string.punctuation,
              "system", "user", "assistant"]
     vocab: dict[str, int] = {}
-    for token in fixed + corpus_words([*corpus, prompts.SYSTEM_PROMPT]):
+    for token in fixed + corpus_words([*corpus, prompts.TINY_SYSTEM_PROMPT]):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
     backend.normalizer = normalizers.Lowercase()
@@ -289,6 +289,11 @@ class TinyQwenProcessor(Qwen2_5_VLProcessor):
     returns ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` (1 on image tokens; the model needs it for
     its 3-D rotary positions), ``pixel_values`` and ``image_grid_thw``.
     """
+
+    system_prompt = prompts.TINY_SYSTEM_PROMPT
+    """The system prompt the stand-in was trained with (``prompts.system_prompt_for`` reads it)."""
+    max_new_tokens = COMPLETION_TOKENS["tiny"]
+    """The stand-in's completion limit when none is given (``generation.max_new_tokens_for`` reads it)."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
@@ -410,6 +415,13 @@ def load_policy(config: PolicyConfig):
         model, processor = _load_tiny(config, dtype)
     else:
         model, processor = _load_paper(config, dtype)
+    return prepare_policy(model, config), processor
+
+
+def prepare_policy(model, config: PolicyConfig):
+    """What ``load_policy`` does to a loaded Qwen2.5-VL: ``fast_qwen``'s fast paths, gradient checkpointing when
+    ``config.gradient_checkpointing``, then LoRA when ``config.lora``. A model built another way (a benchmark's
+    random-weight 3B) goes through this too, so it is the model that training runs."""
     enable_fast_paths(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -417,16 +429,41 @@ def load_policy(config: PolicyConfig):
             model.enable_input_require_grads()
     if config.lora:
         model = wrap_lora(model, config)
-    return model, processor
+    return model
+
+
+def missing_standin(name: str, folder, option: str) -> FileNotFoundError:
+    """The error for the tiny ``name`` stand-in ("policy" or "tool") missing from ``folder``: in a source
+    checkout, how to build it; for an installed grto_lib, which comes without the stand-ins, which ``option``
+    to point at a clone's stand-in instead."""
+    if IN_SOURCE_CHECKOUT:
+        return FileNotFoundError(
+            f"No tiny {name} in {folder}. Build the stand-in first, from the repository root: "
+            f"`python -m grto_lib.tinyworld.standins --only {name} --force`, or point {option} at another folder")
+    return FileNotFoundError(
+        f"No tiny {name} in {folder}: an installed grto_lib comes without the tiny stand-ins, which are in a clone "
+        f"of the repository (data/standins/{name}). Point {option} at that folder, or run from the root of a clone")
+
+
+@contextlib.contextmanager
+def no_transformers_progress_bars():
+    """transformers' own progress bars ("Loading weights", "Writing model shards") switched off for a moment: a
+    loading or saving that takes milliseconds would leave a frozen bar in every notebook that runs it."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _load_tiny(config: PolicyConfig, dtype):
     path = Path(config.model_name_or_path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"No tiny policy in {path} (config.json missing). Build the stand-in first, from the repository root: "
-            f"`{STANDIN_BUILD_COMMAND}` (or set PolicyConfig.model_name_or_path to a folder saved with save_pretrained)"
-        )
+        raise missing_standin("policy", path, "policy_path (--policy-path, PolicyConfig.model_name_or_path)")
     processor = TinyQwenProcessor.from_pretrained(path)
     trained_size = processor.image_processor.image_size
     if trained_size != config.policy_image_size:
@@ -434,17 +471,8 @@ def _load_tiny(config: PolicyConfig, dtype):
             f"PolicyConfig.policy_image_size={config.policy_image_size} but the tiny policy in {path} reads "
             f"{trained_size} px images; set policy_image_size={trained_size} or build a policy for that size"
         )
-    from transformers.utils import logging as transformers_logging
-
-    # The stand-in loads in milliseconds; transformers' "Loading weights" bar would only leave a frozen widget
-    # in every notebook that loads it.
-    bar = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
+    with no_transformers_progress_bars():  # the stand-in loads in milliseconds
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    finally:
-        if bar:
-            transformers_logging.enable_progress_bar()
     _set_generation_tokens(model, processor.tokenizer)
     return model, processor
 

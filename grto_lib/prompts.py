@@ -5,9 +5,16 @@ A completion looks like::
     <think>the target is the red circle</think><answer>{"bbox": [x1, y1, x2, y2], "points": [[x, y], [x, y]]}</answer>
 
 Coordinates are pixels of the image **as the policy sees it**: every image is resized to a square of
-``policy_image_size`` pixels before it reaches the policy (112-128 for the tiny world, 840 for the paper
+``policy_image_size`` pixels before it reaches the policy (128 for the tiny world, 840 for the paper
 preset, as Seg-Zero does). ``answer_to_image_pixels`` maps an answer back onto the original image.
 Whitespace between tokens is allowed anywhere (the tiny policy's word-level tokenizer decodes with spaces).
+
+Two system prompts, one per kind of policy (``system_prompt_for`` picks it from the policy's processor):
+
+* ``SYSTEM_PROMPT`` states the format exactly (tags, JSON keys, pixel frame, an example), the way Seg-Zero and
+  VLM-R1 prompt Qwen2.5-VL: a real Qwen2.5-VL has never seen this format and writes its own JSON unless told.
+* ``TINY_SYSTEM_PROMPT`` is the tiny stand-in's: it was trained on this sentence, and its word-level tokenizer
+  knows no other words, so it keeps it.
 """
 from __future__ import annotations
 
@@ -16,10 +23,6 @@ import json
 import numpy as np
 from PIL import Image
 
-SYSTEM_PROMPT = (
-    "You segment the object a query refers to. Think first, then answer with a bounding box and points "
-    "inside the object, in pixels of the image."
-)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -30,10 +33,35 @@ def format_answer(bbox, points, think: str = "") -> str:
     return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{json.dumps(payload)}{ANSWER_CLOSE}"
 
 
-def build_messages(query: str) -> list[dict]:
-    """The conversation TRL expects for a vision-language prompt: a system turn and a user turn with one image."""
+ANSWER_EXAMPLE = format_answer([10, 100, 200, 210], [[30, 110], [35, 180]], think="reasoning here")
+"""The example completion ``SYSTEM_PROMPT`` ends with."""
+SYSTEM_PROMPT = (
+    "You segment the one object in the image that the user's query refers to. First think: look at the objects "
+    f"in the image, compare them with the query and decide which one it means, inside {THINK_OPEN} "
+    f"{THINK_CLOSE} tags. Then write the answer inside {ANSWER_OPEN} {ANSWER_CLOSE} tags as JSON with two keys: "
+    '"bbox", the bounding box [x1, y1, x2, y2] of the object, and "points", two points [x, y] inside the '
+    "object. Coordinates are integer pixels of the image as you see it, x to the right and y down from its "
+    "top-left corner. Write exactly one answer and nothing after it, in this form: " + ANSWER_EXAMPLE
+)
+"""The system prompt of a real Qwen2.5-VL policy (the paper preset): the format, stated in full."""
+TINY_SYSTEM_PROMPT = (
+    "You segment the object a query refers to. Think first, then answer with a bounding box and points "
+    "inside the object, in pixels of the image."
+)
+"""The tiny stand-in's system prompt (its tokenizer was built on these words; changing it needs a rebuild)."""
+
+
+def system_prompt_for(processor) -> str:
+    """The system prompt of the policy whose processor this is: the processor's own ``system_prompt`` (the tiny
+    stand-in's processor declares ``TINY_SYSTEM_PROMPT``), else ``SYSTEM_PROMPT``."""
+    return getattr(processor, "system_prompt", SYSTEM_PROMPT)
+
+
+def build_messages(query: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """The conversation TRL expects for a vision-language prompt: a system turn and a user turn with one image.
+    Pass ``system_prompt_for(processor)`` for the policy at hand (the default is a real Qwen2.5-VL's)."""
     return [
-        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]},
     ]
 
@@ -61,9 +89,9 @@ def answer_to_image_pixels(bbox, points, image_hw: tuple[int, int], policy_image
     return box, pts
 
 
-def to_trl_rows(dataset, policy_image_size: int) -> list[dict]:
-    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation), ``image`` (policy view), ``sample_index``,
-    ``query_kind`` (how a synthetic query was made, ``Scene.query_kind``; None for real data).
+def to_trl_rows(dataset, policy_image_size: int, system_prompt: str) -> list[dict]:
+    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation with ``system_prompt``), ``image`` (policy view),
+    ``sample_index``, ``query_kind`` (how a synthetic query was made, ``Scene.query_kind``; None for real data).
 
     ``sample_index`` lets reward functions and the tool loss find the sample's full-resolution image and mask.
     """
@@ -71,7 +99,8 @@ def to_trl_rows(dataset, policy_image_size: int) -> list[dict]:
     for i in range(len(dataset)):
         scene = dataset.scene(i) if hasattr(dataset, "scene") else None
         sample = scene.sample if scene else dataset[i]
-        rows.append({"prompt": build_messages(sample.query), "image": policy_view(sample.image, policy_image_size),
+        rows.append({"prompt": build_messages(sample.query, system_prompt),
+                     "image": policy_view(sample.image, policy_image_size),
                      "sample_index": i, "query_kind": scene.query_kind if scene else None})
     return rows
 

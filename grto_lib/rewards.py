@@ -15,9 +15,14 @@ Parser decisions (each one is a design choice; tests pin them down):
   everywhere else, including inside the JSON.
 - Exactly one ``<answer>`` and one ``</answer>``, in that order. Two answers -> ``None``: a policy that
   hedges with several boxes must not be scored on whichever the parser happens to pick.
-- The payload is strict JSON (``json.loads``): an object with ``"bbox"`` (4 numbers) and ``"points"`` (a list,
-  possibly empty, of at most ``MAX_POINTS`` pairs of numbers). Extra keys are ignored. Booleans are not
-  numbers. NaN / Infinity (which ``json`` accepts) -> ``None``.
+- The payload is strict JSON (``json.loads``), optionally inside a Markdown code fence (```` ```json ... ``` ````,
+  as Qwen2.5-VL writes JSON). It is one object, or a list holding exactly one object (Qwen2.5-VL's grounding
+  output is a list of objects; a list of several is a hedge -> ``None``). The object has the box under
+  ``"bbox"`` (this project's format) or ``"bbox_2d"`` (Qwen2.5-VL's own), 4 numbers; and optionally points
+  under ``"points"`` (a list, possibly empty, of at most ``MAX_POINTS`` pairs of numbers) or ``"point_2d"``
+  (Qwen2.5-VL's: one pair). Both spellings of one key at once -> ``None`` (ambiguous); no points key -> no
+  points (the scorer then prompts the tool with the box centre). Extra keys (``"label"``) are ignored. Booleans
+  are not numbers. NaN / Infinity (which ``json`` accepts) -> ``None``.
 - ``x2 < x1`` or ``y2 < y1`` -> ``None`` (not swapped): the format fixes the order, swapping would hide a
   misread (e.g. ``[x, y, w, h]`` with small w) behind a plausible box, and the order is trivial to learn.
   Degenerate boxes (``x1 == x2``) are valid and simply earn IoU 0.
@@ -111,6 +116,40 @@ def parse_box(value) -> tuple[float, float, float, float] | None:
     return box
 
 
+BOX_KEYS = ("bbox", "bbox_2d")
+"""Keys an answer's box may have: this project's and Qwen2.5-VL's own grounding format."""
+POINT_KEYS = ("points", "point_2d")
+"""Keys an answer's points may have: a list of pairs (this project's) or one pair (Qwen2.5-VL's)."""
+
+
+def _strip_code_fence(payload: str) -> str:
+    """``payload`` without a surrounding Markdown code fence (```` ```json ``` ````), if it has one."""
+    text = payload.strip()
+    if not text.startswith("```"):
+        return payload
+    first_newline = text.find("\n")
+    if first_newline < 0 or not text.endswith("```"):
+        return payload
+    return text[first_newline + 1:-3]
+
+
+def _point(value) -> tuple[float, float] | None:
+    """A JSON ``[x, y]`` as a pair of clamped floats, or None."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    x, y = _number(value[0]), _number(value[1])
+    return None if x is None or y is None else (x, y)
+
+
+def _one_key(data: dict, keys: tuple[str, ...]):
+    """``(found, value)`` of the one key of ``keys`` present in ``data``; ``(False, None)`` when none is and
+    ``None`` (ambiguous) when several are."""
+    present = [k for k in keys if k in data]
+    if len(present) > 1:
+        return None
+    return (True, data[present[0]]) if present else (False, None)
+
+
 def parse_answer(text) -> Answer | None:
     """The ``Answer`` in a completion, or ``None`` if it does not follow the format. Never raises."""
     if not isinstance(text, str):
@@ -119,25 +158,30 @@ def parse_answer(text) -> Answer | None:
     if payload is None or len(payload) > MAX_PAYLOAD_CHARS:
         return None
     try:
-        data = json.loads(payload)
+        data = json.loads(_strip_code_fence(payload))
     except (ValueError, RecursionError):  # JSONDecodeError, too many int digits, deep nesting
         return None
-    if not isinstance(data, dict) or "bbox" not in data or "points" not in data:
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
         return None
-    box, points = parse_box(data["bbox"]), data["points"]
+    box_entry, points_entry = _one_key(data, BOX_KEYS), _one_key(data, POINT_KEYS)
+    if box_entry is None or points_entry is None or not box_entry[0]:
+        return None
+    box = parse_box(box_entry[1])
     if box is None:
         return None
+    has_points, points = points_entry
+    if not has_points:
+        return Answer(bbox=box, points=[])
+    if "point_2d" in data:
+        points = [points]
     if not isinstance(points, list) or len(points) > MAX_POINTS:
         return None
-    pts = []
-    for p in points:
-        if not isinstance(p, list) or len(p) != 2:
-            return None
-        x, y = _number(p[0]), _number(p[1])
-        if x is None or y is None:
-            return None
-        pts.append((x, y))
-    return Answer(bbox=box, points=pts)
+    pairs = [_point(p) for p in points]
+    if any(p is None for p in pairs):
+        return None
+    return Answer(bbox=box, points=pairs)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grto_lib.config import REPO_ROOT, TrainConfig, repo_path
+from grto_lib.config import REPO_ROOT, TrainConfig, model_location, repo_path
 from grto_lib.data import load_dataset
-from grto_lib.policy import PolicyConfig, load_policy
+from grto_lib.policy import PolicyConfig, load_policy, missing_standin
 from grto_lib.tool import ToolConfig, load_tool, load_tool_config
 
 TINY_TOOL = REPO_ROOT / "data" / "standins" / "tool"
@@ -14,20 +14,30 @@ TINY_TOOL = REPO_ROOT / "data" / "standins" / "tool"
 
 
 def load_models(config: TrainConfig):
-    """(policy, processor, tool, policy_image_size) of the config's preset."""
+    """(policy, processor, tool, policy_image_size) of the config's preset.
+
+    The policy comes from ``policy_path`` (a model folder or hub id, checked by ``config.model_location``) or the preset's
+    default; the tool from ``tool_checkpoint`` (a ``save_tool`` folder, or a SAM checkpoint file for the paper
+    preset's ViT-H) or the tiny stand-in; ``random_tool`` builds the paper preset's ViT-H with random weights.
+    """
     policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper")
     if config.policy_path is not None:
-        policy_config.model_name_or_path = config.policy_path
+        policy_config.model_name_or_path = model_location(config.policy_path, "TrainConfig.policy_path")
+    elif config.preset == "paper":
+        model_location(policy_config.model_name_or_path, "the paper preset's default policy")
     policy, processor = load_policy(policy_config)
     if config.policy_train == "decoder" and not policy_config.lora:
         for name, parameter in policy.named_parameters():
             parameter.requires_grad_(".language_model.layers." in name)
-    if config.tool_checkpoint is not None and Path(config.tool_checkpoint).is_dir():
-        tool = load_tool(load_tool_config(config.tool_checkpoint))
+    checkpoint = None if config.tool_checkpoint is None else repo_path(config.tool_checkpoint)
+    if checkpoint is not None and checkpoint.is_dir():
+        tool = load_tool(load_tool_config(checkpoint))
     elif config.preset == "tiny":
-        tool = load_tool(load_tool_config(config.tool_checkpoint or TINY_TOOL))
+        if checkpoint is None and not TINY_TOOL.is_dir():
+            raise missing_standin("tool", TINY_TOOL, "tool_checkpoint (--tool-checkpoint)")
+        tool = load_tool(load_tool_config(checkpoint or TINY_TOOL))
     else:
-        tool = load_tool(ToolConfig(preset="vit_h", checkpoint=config.tool_checkpoint))
+        tool = load_tool(ToolConfig(preset="vit_h", checkpoint=None if checkpoint is None else str(checkpoint)))
     return policy, processor, tool, policy_config.policy_image_size
 
 

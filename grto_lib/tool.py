@@ -46,10 +46,11 @@ TRAINABLE = ("decoder", "decoder+prompt", "all")
 WEIGHTS_FILE = "tool.safetensors"
 CONFIG_FILE = "tool_config.json"
 FOURIER_MATRIX = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-ENCODER_BATCH = 8
-"""Images per image-encoder forward in ``SegmentationTool.embed``: SAM ViT-H's global-attention blocks take about
-1 GiB per 1024 px image, and 32 images at once ran out of memory on an 80 GB H100 (docs/benchmarks.md)."""
-
+ENCODER_BATCH = {"tiny": 8, "vit_b": 2, "vit_l": 2, "vit_h": 2}
+"""Images per image-encoder forward in ``SegmentationTool.embed``, by preset. SAM's global-attention blocks hold a
+1024 px image's 4,096 x 4,096 attention matrices: ViT-H peaked 25.9 GiB above what was resident for a batch of 8
+images on an H200 (about 3.2 GiB an image; 32 at once ran out of memory on an 80 GB H100), while 2 images encode
+at 0.17 s each against 0.19 s for one (docs/benchmarks.md). The tiny tool's batch is small either way."""
 # The image encoders of segment_anything's build_sam_vit_{b,l,h}: (embed dim, depth, heads, global-attention blocks).
 _VIT_ENCODERS = {
     "vit_b": (768, 12, 12, (2, 5, 8, 11)),
@@ -242,6 +243,11 @@ class SegmentationTool(nn.Module):
         return self.sam.pixel_mean.device
 
     @property
+    def encoder_batch(self) -> int:
+        """Images the image encoder reads at once (``ENCODER_BATCH`` of the preset)."""
+        return ENCODER_BATCH[self.config.preset]
+
+    @property
     def image_size(self) -> int:
         """Side of the square the image encoder reads."""
         return self.sam.image_encoder.img_size
@@ -256,13 +262,15 @@ class SegmentationTool(nn.Module):
             module.requires_grad_(name in parts)
         self.config = dataclasses.replace(self.config, trainable=trainable)
 
-    def embed(self, images: list[np.ndarray], batch_size: int = ENCODER_BATCH) -> torch.Tensor:
+    def embed(self, images: list[np.ndarray], batch_size: int | None = None) -> torch.Tensor:
         """Image embeddings ``[n, C, g, g]`` of ``n`` distinct H x W x 3 uint8 images (sizes may differ).
 
         Each image is resized so its longest side is ``image_size`` (SAM's ``ResizeLongestSide``), normalised
         with SAM's pixel mean and std, padded bottom/right to a square and encoded; ``g = image_size / patch``.
-        Runs under ``no_grad`` unless the image encoder is trainable. ``batch_size`` bounds the encoder's batch.
+        Runs under ``no_grad`` unless the image encoder is trainable. ``batch_size`` bounds the encoder's batch
+        (None: ``ENCODER_BATCH`` of the preset).
         """
+        batch_size = batch_size or self.encoder_batch
         if len(images) == 0:
             raise ValueError("embed() needs at least one image")
         inputs = []

@@ -23,27 +23,27 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .bootstrap import bootstrap_tool, build_bto_buffer, load_bto_buffer
+from .bootstrap import bootstrap_tool, bto_buffer
 from .config import TrainConfig, repo_path
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
-from .prompts import to_trl_rows, training_order
+from .policy import no_transformers_progress_bars
+from .prompts import system_prompt_for, to_trl_rows, training_order
 from .rewards import RewardWeights
 from .runs import load_models, load_splits
-from .scorer import RolloutScorer
+from .scorer import TERMS, RolloutScorer
 from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
 
-# Fields that must agree between a run folder's saved config and a resumed run.
-_RESUME_FIELDS = ("dataset", "data_root", "method", "preset", "policy_path", "tool_checkpoint", "lora",
-                  "policy_train", "prompts_per_step", "num_generations", "rl_prompts", "seed", "train_size",
-                  "image_size")
+RESUMABLE_CHANGES = ("steps", "output_dir", "save_steps", "logging_steps", "curve_every", "curve_size", "eval_size",
+                     "micro_batch")
+"""The only ``TrainConfig`` fields a resumed run may change (length, bookkeeping, evaluation, memory); every other
+field determines the training numbers and must equal the run folder's saved config."""
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
 
 
 def _check_run_folder(config: TrainConfig, out: Path) -> None:
@@ -53,8 +53,9 @@ def _check_run_folder(config: TrainConfig, out: Path) -> None:
         return
     saved = json.loads(saved_path.read_text())
     default = TrainConfig()  # a field newer than the saved config had its default then
-    saved = {k: saved.get(k, getattr(default, k)) for k in _RESUME_FIELDS}
-    differ = {k: (saved[k], getattr(config, k)) for k in _RESUME_FIELDS if saved[k] != getattr(config, k)}
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES]
+    saved = {k: saved.get(k, getattr(default, k)) for k in fields}
+    differ = {k: (saved[k], getattr(config, k)) for k in fields if saved[k] != getattr(config, k)}
     if differ and last_complete_checkpoint(out) is not None:
         raise ValueError(f"{out} holds checkpoints of another configuration (saved vs requested: {differ}); "
                          f"choose another output_dir or delete that folder")
@@ -126,18 +127,20 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         num_generations=config.num_generations,
         learning_rate=config.policy_lr,
         lr_scheduler_type="constant_with_warmup",
-        warmup_steps=min(5, config.steps),
+        warmup_steps=min(config.warmup_steps, config.steps),
         beta=config.beta,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
-        epsilon=0.2,
+        epsilon=config.clip_epsilon,
         temperature=config.temperature,
         top_p=1.0,
+        cache_implementation="static" if config.compile_generation else None,
+        pad_to_multiple_of=64 if config.compile_generation else None,
         max_completion_length=config.max_completion_length,
-        reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in RolloutScorer.TERMS],
+        reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in TERMS],
         bf16=on_gpu and config.preset == "paper",
         use_cpu=not on_gpu,
-        gradient_checkpointing=config.preset == "paper",  # TRL 1.16 defaults to True
+        activation_checkpointing=config.preset == "paper",  # TRL 1.16's gradient_checkpointing defaults to True
         remove_unused_columns=False,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
@@ -151,23 +154,28 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
     ), **overrides})
 
 
-def _training_rows(train_set, policy_image_size: int, seed: int, rl_prompts: int = 0):
+def _training_rows(train_set, policy_image_size: int, system_prompt: str, seed: int, rl_prompts: int = 0):
     """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``prompts.training_order``)."""
     from datasets import Dataset
 
-    rows = to_trl_rows(train_set, policy_image_size)
+    rows = to_trl_rows(train_set, policy_image_size, system_prompt)
     return Dataset.from_list(rows).select(training_order([r["query_kind"] for r in rows], seed, rl_prompts))
 
 
-def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int) -> GRTOTrainer:
-    """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests)."""
+def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int, *,
+                  scorer: RolloutScorer | None = None, **grpo_overrides) -> GRTOTrainer:
+    """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests).
+    Benchmarks may pass their own ``scorer`` and GRPOConfig fields (``grpo_args``' overrides)."""
+    scorer = scorer or RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold)
     return GRTOTrainer(
-        model=policy, processing_class=processor, args=grpo_args(config, repo_path(config.output_dir)),
-        train_dataset=_training_rows(train_set, policy_image_size, config.seed, config.rl_prompts),
-        scorer=RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold),
+        model=policy, processing_class=processor,
+        args=grpo_args(config, repo_path(config.output_dir), **grpo_overrides),
+        train_dataset=_training_rows(train_set, policy_image_size, system_prompt_for(processor), config.seed,
+                                     config.rl_prompts),
+        scorer=scorer,
         train_tool=config.trains_tool,
         tool_lr=config.tool_lr, tool_loss_weight=config.tool_loss_weight, tool_loss=config.tool_loss,
-        tool_weighting=config.tool_weighting,
+        tool_weighting=config.tool_weighting, tool_max_grad_norm=config.tool_max_grad_norm,
     )
 
 
@@ -205,12 +213,13 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
 
     checkpoint = last_complete_checkpoint(out) if resume else None
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    timing["train_seconds"] = time.perf_counter() - start
+    final = out / "final"
+    with no_transformers_progress_bars():  # checkpoints save in moments; TRL's own progress bar stays
+        trainer.train(resume_from_checkpoint=checkpoint)
+        timing["train_seconds"] = time.perf_counter() - start
+        trainer.save_model(str(final / "policy"))
     timing["rl_seconds_excluding_eval"] = curve.train_seconds if config.curve_every else timing["train_seconds"]
 
-    final = out / "final"
-    trainer.save_model(str(final / "policy"))
     accelerator = trainer.accelerator
     in_sync = None
     if accelerator.num_processes > 1:
@@ -267,24 +276,19 @@ def _curve_scores(model, processor, tool, test_set, policy_image_size, indices, 
 
 
 def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_image_size, out: Path) -> dict:
-    """Build (or reuse) the BTO buffer, bootstrap the tool on it, save the bootstrapped tool."""
-    buffer_dir = out / "bto_buffer"
-    request = {"dataset": config.dataset, "n_prompts": min(config.bto_prompts, len(train_set)),
-               "generations": config.bto_generations, "seed": config.seed}
+    """Build (or reuse, when its fingerprint matches) the BTO buffer, bootstrap the tool on it, save that tool."""
     start = time.perf_counter()
-    records = load_bto_buffer(buffer_dir, expect_meta=request)
-    if records is None:
-        records = build_bto_buffer(policy, processor, tool, train_set, buffer_dir, n_prompts=config.bto_prompts,
-                                   generations=config.bto_generations, policy_image_size=policy_image_size,
-                                   temperature=config.temperature, max_new_tokens=config.max_completion_length,
-                                   seed=config.seed, meta={"dataset": config.dataset})
+    records, _ = bto_buffer(policy, processor, tool, train_set, out / "bto_buffer", n_prompts=config.bto_prompts,
+                            generations=config.bto_generations, policy_image_size=policy_image_size,
+                            temperature=config.temperature, max_new_tokens=config.max_completion_length,
+                            seed=config.seed)
     buffer_seconds = time.perf_counter() - start
     tool_dir = out / "bto_tool"
     if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
                             batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed,
-                            weighting=config.bto_weighting)
+                            weighting=config.bto_weighting, max_grad_norm=config.tool_max_grad_norm)
     save_tool_state(tool, None, tool_dir)
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
                "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],

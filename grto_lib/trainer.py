@@ -1,49 +1,56 @@
 """GRTO on TRL: ``GRTOTrainer`` subclasses ``trl.GRPOTrainer`` and adds the tool loss.
 
-TRL does generation, rewards, group advantages, the clipped policy surrogate, LoRA, accelerate, logging and
-checkpoints. This class adds exactly what GRTO needs:
+TRL does generation, group advantages, the clipped policy surrogate, LoRA, accelerate, logging and checkpoints.
+This class adds exactly what GRTO needs:
 
-* scoring (``RolloutScorer``) runs the current tool on the rollouts, so the mask reward that feeds the
-  advantages comes from the tool being trained, and keeps each rollout's parsed prompts and image embedding;
-* the loss step adds ``lambda * sum_i w_i L_tool(D_phi(I, sg[p(o_i)]), y)`` to TRL's policy loss, with the
-  prompts detached (no gradient reaches the policy through the tool) and ``w`` uniform over valid rollouts
-  (``losses.tool_loss_weights``). The term is divided by the gradient-accumulation steps, as TRL does for its
-  own auxiliary loss, because TRL's policy loss is already scaled that way;
-* the tool has its own Adam optimizer and gradient clipping, stepped right before the policy's optimizer;
-  with several processes its gradients are averaged like the policy's;
-* a non-finite loss is replaced by zero (nothing is updated), counted in ``train/nonfinite_loss_skipped``;
+* scoring: ``_calculate_rewards`` (TRL's one call per batch for all reward functions) scores the rollouts once
+  with ``RolloutScorer.score``, so the mask reward that feeds the advantages comes from the tool being trained;
+  the scorer's ``ToolBatch`` (parsed prompts, one image embedding per distinct image) is kept on the trainer for
+  the generation batch's loss steps, and TRL's batch carries only each rollout's row in it (``tool_rollout``);
+* the loss step adds ``lambda * sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` to TRL's policy loss, with the
+  prompts detached (no gradient reaches the policy through the tool) and ``w = losses.tool_loss_weights`` over
+  the **whole optimizer step**: the normaliser sums over every micro-batch of the step and every process, so
+  ``micro_batch`` and data parallelism leave the tool's update what one process computes on the whole step.
+  TRL's policy loss is already scaled for gradient accumulation, and so are these weights;
+* the tool has its own Adam optimizer and gradient clipping, stepped right after the policy's optimizer; with
+  several processes its gradients are summed over processes (each holds its share of the step's weights);
+* a non-finite loss in any micro-batch on any process skips the whole optimizer step of both models on every
+  process (counted in ``nonfinite_loss_skipped``); the loss that replaces it touches every trainable parameter
+  with a zero gradient, so data-parallel gradient reduction runs on every process and nothing waits forever;
 * checkpoints also hold the tool and its optimizer (``tool/``), resumable with ``resume_from_checkpoint``;
 * step time is logged in parts: ``time/generate_and_score`` (TRL's generation plus scoring), of which
   ``time/tool_scoring`` is the tool's forward pass and the rewards; ``time/policy_loss`` (policy forward)
   and ``time/tool_loss`` (decoder forward); TRL's ``step_time`` is the whole step, backward passes and
   optimizer steps included.
 
-``method="grpo"`` keeps the tool frozen: same rollouts, same rewards, no tool loss.
+``train_tool=False`` (``method="grpo"``) keeps the tool frozen: same rollouts, same rewards, no tool loss.
 """
 from __future__ import annotations
 
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import losses
 from .files import atomic_write, write_text
-from .geometry import box_on_target
-from .scorer import RolloutScorer
+from .scorer import TERMS, RolloutScorer, ToolBatch, completion_text
 from .tool import WEIGHTS_FILE, save_tool, trainable_parameters
 
 TRL_VERSION = "1.16.0"
 """The TRL release this trainer is written against. It overrides private methods of ``trl.GRPOTrainer``
-(``_generate_and_score_completions``, ``_compute_loss``) and of ``transformers.Trainer`` (``_save_checkpoint``,
-``_load_from_checkpoint``, ``_load_optimizer_and_scheduler``), which another release may rename or change
-without notice. The pins (requirements.lock, requirements.txt, pyproject.toml, environment.yml) hold it, and
-``tests/test_packaging.py`` checks the installed TRL and every overridden method against it."""
+(``_calculate_rewards``, ``_generate_and_score_completions``, ``_prepare_inputs``, ``_compute_loss``) and of
+``transformers.Trainer`` (``_save_checkpoint``, ``_load_from_checkpoint``, ``_load_optimizer_and_scheduler``), which
+another release may rename or change without notice. The pins (requirements.lock, requirements.txt, pyproject.toml,
+environment.yml) hold it, and ``tests/test_packaging.py`` checks the installed TRL and every overridden method
+against it."""
 TOOL_CHECKPOINT_DIR = "tool"
 COMPLETE_MARKER = "COMPLETE"
 """Written last into a checkpoint folder: a folder without it was interrupted mid-write and is never resumed."""
@@ -77,26 +84,44 @@ def last_complete_checkpoint(output_dir) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-class _ToolOptimizerStep(TrainerCallback):
-    """Steps the tool's optimizer at the same moment as the policy's (after its gradients are accumulated)."""
+class _ToolStep(TrainerCallback):
+    """Runs the trainer's two halves of the tool's step around the policy's optimizer step."""
 
     def __init__(self, trainer: "GRTOTrainer"):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._before_optimizer_step()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._step_tool()
 
 
-class GRTOTrainer(GRPOTrainer):
-    """GRPO on the policy plus, when ``train_tool``, the GRTO tool loss on the same rollouts."""
+def _scored_by_the_trainer(name: str):
+    """A reward function that only names a reward term for TRL: ``GRTOTrainer._calculate_rewards`` scores every
+    term at once and never calls it."""
+    def reward(*args, **kwargs):
+        raise RuntimeError(f"the {name!r} reward is scored by GRTOTrainer._calculate_rewards (RolloutScorer.score)")
+    reward.__name__ = name
+    return reward
 
-    def __init__(self, *, scorer: RolloutScorer, train_tool: bool, tool_lr: float = 3e-4,
-                 tool_loss_weight: float = 1.0, tool_loss: str = "bce_dice", tool_weighting: str = "uniform",
-                 tool_max_grad_norm: float = 1.0, **kwargs):
+
+class GRTOTrainer(GRPOTrainer):
+    """GRPO on the policy plus, when ``train_tool``, the GRTO tool loss on the same rollouts.
+
+    The tool's settings have no defaults here: ``TrainConfig`` holds them (``train.build_trainer`` passes them on).
+    """
+
+    def __init__(self, *, scorer: RolloutScorer, train_tool: bool, tool_lr: float, tool_loss_weight: float,
+                 tool_loss: str, tool_weighting: str, tool_max_grad_norm: float, **kwargs):
         if kwargs.get("args") is not None and getattr(kwargs["args"], "use_liger_kernel", False):
             raise ValueError("use_liger_kernel=True skips GRPOTrainer._compute_loss, where the GRTO tool loss is "
                              "added (TRL issue #7009): set use_liger_kernel=False")
-        super().__init__(reward_funcs=scorer.reward_functions(), **kwargs)
+        super().__init__(reward_funcs=[_scored_by_the_trainer(name) for name in TERMS], **kwargs)
+        if self.args.cache_implementation == "static":
+            # TRL builds its generation config with disable_compile=True; with a static cache, transformers compiles
+            # the decoding step (TrainConfig.compile_generation).
+            self.generation_config.disable_compile = False
         self.scorer = scorer
         self.tool = scorer.tool.to(self.accelerator.device)
         self.train_tool = train_tool
@@ -109,19 +134,58 @@ class GRTOTrainer(GRPOTrainer):
         self.tool.train(False)  # no dropout/batch-norm updates; gradients still flow
         if not train_tool:
             self.tool.requires_grad_(False)
-        self.add_callback(_ToolOptimizerStep(self))
+        self._scored = None  # the scorer's result of the batch TRL is generating, from _calculate_rewards
+        self.tool_batch: ToolBatch | None = None  # the ToolBatch of the generation batch being trained on
+        self._nonfinite_in_step = False  # a micro-batch of this optimizer step had a non-finite loss
+        self._tool_loss_in_step = 0.0  # this process's share of the step's tool loss
+        self.add_callback(_ToolStep(self))
 
-    # --- scoring: keep the tool's prompts and embeddings for the loss step ----------------------------------
+    # --- scoring: once per generation batch, keeping the tool's prompts and embeddings -----------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """Every reward term of this process's rollouts from one ``RolloutScorer.score``, gathered over processes
+        as TRL gathers its reward functions' values ([B_all, len(TERMS)])."""
+        scored = self.scorer.score([completion_text(c) for c in completions], [x["sample_index"] for x in inputs])
+        self._scored = scored
+        local = torch.tensor([scored.terms[name] for name in TERMS], dtype=torch.float32,
+                             device=self.accelerator.device).T
+        return gather(local)
+
     def _generate_and_score_completions(self, inputs):
-        """TRL's sampling and scoring, plus the scorer's ``ToolBatch`` of the same rollouts (the side channel
-        documented in ``grto_lib.scorer``): its tensors ride in the batch as ``tool_*`` keys to ``batch_tool_loss``."""
+        """TRL's sampling, scoring and advantages; the scored ``ToolBatch`` becomes ``self.tool_batch`` and every
+        rollout carries its row in it (``tool_rollout``) through TRL's shuffling and splitting."""
         start = time.perf_counter()
-        output = super()._generate_and_score_completions(inputs)
-        output.update(self.scorer.pop_tool_batch().as_dict())
-        total = time.perf_counter() - start
-        self._metrics["train"]["time/generate_and_score"].append(total)
-        self._metrics["train"]["time/tool_scoring"].append(self.scorer.seconds)
+        with warnings.catch_warnings():  # TRL 1.16 reads a property that transformers 5.24 deprecates
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            output = super()._generate_and_score_completions(inputs)
+        scored, self._scored = self._scored, None
+        self.tool_batch = scored.tool_batch
+        output["tool_rollout"] = torch.arange(len(scored.pred_masks), device=self.accelerator.device)
+        self._metrics["train"]["time/generate_and_score"].append(time.perf_counter() - start)
+        self._metrics["train"]["time/tool_scoring"].append(scored.seconds)
         return output
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering of a generation batch into micro-batches; for a new buffer, also each optimizer step's
+        normaliser of the tool-loss weights (``tool_total``), summed over its micro-batches and all processes."""
+        buffer = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.train_tool and self.model.training and self._buffered_inputs is not buffer:
+            self._set_tool_totals(self._buffered_inputs)
+        return inputs
+
+    def _set_tool_totals(self, micro_batches: list[dict]) -> None:
+        """``tool_total`` = sum of ``losses.tool_loss_selection`` over the rollouts of each optimizer step. TRL steps
+        the optimizer every ``gradient_accumulation_steps`` micro-batches, in buffer order."""
+        batch = self.tool_batch
+        totals = torch.stack([
+            losses.tool_loss_selection(mb["advantages"], batch.valid[mb["tool_rollout"]], self.tool_weighting,
+                                       batch.on_target[mb["tool_rollout"]]).sum()
+            for mb in micro_batches])
+        per_step = totals.view(-1, self.args.gradient_accumulation_steps).sum(1)
+        if self.accelerator.num_processes > 1:
+            per_step = self.accelerator.reduce(per_step, reduction="sum")
+        for k, mb in enumerate(micro_batches):
+            mb["tool_total"] = per_step[k // self.args.gradient_accumulation_steps]
 
     # --- the joint surrogate --------------------------------------------------------------------------------
     def _compute_loss(self, model, inputs):
@@ -132,57 +196,65 @@ class GRTOTrainer(GRPOTrainer):
         if self.train_tool and mode == "train":
             start = time.perf_counter()
             tool_loss = self.batch_tool_loss(inputs)
-            loss = loss + self.tool_loss_weight * tool_loss / self.current_gradient_accumulation_steps
+            self._tool_loss_in_step += tool_loss.item()
+            loss = loss + self.tool_loss_weight * tool_loss
             self._metrics[mode]["time/tool_loss"].append(time.perf_counter() - start)
         self._metrics[mode]["time/policy_loss"].append(policy_time)
-        skipped = not torch.isfinite(loss)
-        self._metrics[mode]["nonfinite_loss_skipped"].append(float(skipped))
-        if skipped:
-            # A loss connected to no parameter: every gradient stays None, so both optimizers skip every
-            # parameter this step (Adam leaves parameters whose grad is None untouched, moments included).
-            loss = torch.zeros((), device=loss.device, requires_grad=True)
+        if not torch.isfinite(loss):
+            self._nonfinite_in_step = True
+            # Zero gradients for every trainable parameter: each process's backward still reaches every parameter
+            # (so data-parallel reduction runs everywhere); _before_optimizer_step then discards the step's gradients.
+            loss = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
         return loss
 
     def batch_tool_loss(self, inputs) -> torch.Tensor:
-        """``sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` over this micro-batch's rollouts."""
-        valid = inputs["tool_valid"]
-        index = inputs["tool_sample_index"].tolist()
-        by_index = self.scorer.samples(index)
-        on_target = None  # only the on_target scheme reads the flags; the other schemes skip their cost
-        if self.tool_weighting == "on_target":
-            boxes = inputs["tool_boxes"].detach().cpu().numpy()
-            on_target = torch.as_tensor(box_on_target(boxes, [by_index[i].mask for i in index]), device=valid.device)
-        weights = losses.tool_loss_weights(inputs["advantages"].detach(), valid, self.tool_weighting, on_target)
-        rows = torch.nonzero(weights > 0).flatten()
-        if len(rows) == 0:
-            self._metrics["train"]["tool/loss"].append(0.0)
-            return torch.zeros((), device=valid.device)
-        samples = [by_index[index[r]] for r in rows.tolist()]
-        logits = self.tool.decode(inputs["tool_embeddings"][rows], torch.arange(len(rows), device=valid.device),
-                                  inputs["tool_boxes"][rows].detach(), inputs["tool_points"][rows].detach(),
-                                  [s.mask.shape for s in samples])
+        """``sum_i w_i L_tool(D_phi(I_i, sg[p(o_i)]), y_i)`` over this micro-batch's rollouts, with the optimizer
+        step's weights (``losses.tool_loss_weights`` against ``inputs["tool_total"]``)."""
+        batch, rollouts = self.tool_batch, inputs["tool_rollout"]
+        weights = losses.tool_loss_weights(inputs["advantages"].detach(), batch.valid[rollouts], self.tool_weighting,
+                                           batch.on_target[rollouts], total=inputs["tool_total"])
+        keep = torch.nonzero(weights > 0).flatten()
+        self._metrics["train"]["tool/valid_rollouts"].append(batch.valid[rollouts].float().mean().item())
+        self._metrics["train"]["tool/trained_rollouts"].append(len(keep) / len(rollouts))
+        if len(keep) == 0:
+            return torch.zeros((), device=weights.device)
+        rows = rollouts[keep]
+        image_rows = batch.image_row[rows]
+        logits = self.tool.decode(batch.embeddings, image_rows, batch.boxes[rows].detach(),
+                                  batch.points[rows].detach(), batch.image_sizes())
+        samples = [batch.samples[r] for r in image_rows.tolist()]
         per_rollout = losses.rollout_tool_losses(logits, samples, kind=self.tool_loss_kind)
-        loss = (weights[rows] * per_rollout).sum()
-        self._metrics["train"]["tool/loss"].append(loss.item())
-        self._metrics["train"]["tool/valid_rollouts"].append(valid.float().mean().item())
-        self._metrics["train"]["tool/trained_rollouts"].append(len(rows) / len(index))
-        return loss
+        return (weights[keep] * per_rollout).sum()
+
+    def _before_optimizer_step(self) -> None:
+        """Agree over processes whether a loss of this step was non-finite; if so, drop every gradient of both
+        models (so neither optimizer moves anything); else sum the tool's gradients over processes."""
+        device = self.accelerator.device
+        step = torch.tensor([float(self._nonfinite_in_step), self._tool_loss_in_step], device=device)
+        if self.accelerator.num_processes > 1:
+            step = self.accelerator.reduce(step, reduction="sum")
+        self._nonfinite_in_step, self._tool_loss_in_step = False, 0.0
+        skipped = bool(step[0] > 0)
+        self._metrics["train"]["nonfinite_loss_skipped"].append(float(skipped))
+        if self.train_tool:
+            self._metrics["train"]["tool/loss"].append(step[1].item())
+        if skipped:
+            for p in [*self.model.parameters(), *self.tool_parameters]:
+                p.grad = None
+            return
+        if self.tool_parameters and self.accelerator.num_processes > 1:
+            for p in self.tool_parameters:
+                if p.grad is None:  # no rollout of this process trained the tool: it contributes zeros
+                    p.grad = torch.zeros_like(p)
+            flat = self.accelerator.reduce(torch.cat([p.grad.flatten() for p in self.tool_parameters]),
+                                           reduction="sum")
+            for p, grad in zip(self.tool_parameters, flat.split([p.numel() for p in self.tool_parameters])):
+                p.grad.copy_(grad.view_as(p))
 
     def _step_tool(self) -> None:
-        """Average the tool's gradients over processes, clip, step, zero. Called before the policy's step."""
+        """Clip the tool's gradients, step its optimizer, zero them. Called after the policy's optimizer step."""
         if self.tool_optimizer is None:
             return
-        if self.accelerator.num_processes > 1:
-            # Every process joins the all-reduce, also one whose rollouts gave the tool no loss this step (none on
-            # target): it contributes zero gradients. Skipping it would leave the others waiting forever.
-            has_loss = torch.tensor(float(any(p.grad is not None for p in self.tool_parameters)),
-                                    device=self.accelerator.device)
-            if self.accelerator.reduce(has_loss, reduction="sum").item() == 0:
-                return
-            for p in self.tool_parameters:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad.copy_(self.accelerator.reduce(p.grad, reduction="mean"))
         grads = [p.grad for p in self.tool_parameters if p.grad is not None]
         if not grads:
             return

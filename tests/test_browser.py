@@ -3,6 +3,7 @@
 Uses Debian's ``chromium`` package (no browser download; ``.ci/run`` installs it), or the binary named by the
 ``CHROMIUM`` environment variable. Without playwright or Chromium these tests skip, naming what is missing.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -37,14 +38,10 @@ def _chromium() -> str:
     return binary
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server on a free port serving a scratch folder, with its own settings and workspaces;
-    yields (url, root folder)."""
-    chromium = _chromium()
-    home = tmp_path_factory.mktemp("lab")
-    root = home / "root"
-    root.mkdir()
+@contextlib.contextmanager
+def _lab_server(home: Path, cwd: Path, *options):
+    """A JupyterLab server started in ``cwd`` on a free port, with its own settings and workspaces under ``home``;
+    yields its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -52,8 +49,8 @@ def lab(tmp_path_factory):
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--allow-root",
-               f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"]
-    server = subprocess.Popen(command, env=env, stdout=open(home / "lab.log", "w"), stderr=subprocess.STDOUT)
+               f"--ServerApp.token={TOKEN}", "--LabApp.expose_app_in_browser=True", *options]
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=open(home / "lab.log", "w"), stderr=subprocess.STDOUT)
     try:
         for _ in range(120):
             try:
@@ -61,10 +58,21 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(0.5)
-        yield chromium, f"http://127.0.0.1:{port}", root
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server serving a scratch folder; yields (chromium, url, root folder)."""
+    chromium = _chromium()
+    home = tmp_path_factory.mktemp("lab")
+    root = home / "root"
+    root.mkdir()
+    with _lab_server(home, root) as url:
+        yield chromium, url, root
 
 
 def _open(browser, url, name):
@@ -136,4 +144,70 @@ def test_notebook_04_runs_and_the_rollout_explorer_slider_changes_the_image(lab,
         assert "Error displaying widget" not in body and "Error rendering" not in body
         assert not errors, f"console errors: {errors}"
         _close(page)
+        browser.close()
+
+
+def _demo_commands(out: Path) -> list[str]:
+    """The shell commands ``make demo OUT=out`` runs (``make -n`` prints them)."""
+    printed = subprocess.run(["make", "-n", "demo", f"OUT={out}"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    return printed.replace("\\\n", " ").splitlines()
+
+
+def test_a_demo_output_notebook_opens_trusted_showing_the_rollout_explorer(lab, tmp_path):
+    """04 run as ``make demo`` runs it (its papermill command and its ``jupyter trust``), with small parameters:
+    no "running over TCP" warning, a table of integer counts, and in JupyterLab the explorer's figure, drawn from
+    the saved widget state at a size where its labels stay readable."""
+    from playwright.sync_api import sync_playwright
+
+    chromium, url, root = lab
+    commands = _demo_commands(tmp_path)
+    papermill = next(c for c in commands if "notebooks/04_evaluation.ipynb" in c)
+    small = f" -p eval_size 16 -p explorer_samples 2 -p threads 1 -p runs_root {tmp_path / 'none'}"
+    result = subprocess.run(papermill + small, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "without encryption" not in result.stderr, result.stderr
+    executed = tmp_path / "04_evaluation.ipynb"
+    table = next(o["data"]["text/html"] for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"
+                 for o in c.outputs if "text/html" in o.get("data", {}))
+    assert ">16</td>" in table and "16.0" not in table and "nan" not in table.lower(), table
+    trust = next(c for c in commands if " trust " in c)
+    subprocess.run(trust, shell=True, cwd=ROOT, check=True, capture_output=True)
+    shutil.copy(executed, root / "04_demo_output.ipynb")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page, errors = _open(browser, url, "04_demo_output.ipynb")
+        figure = page.locator(".widget-image").first
+        figure.wait_for(state="visible", timeout=60_000)
+        figure.scroll_into_view_if_needed()
+        natural, shown = figure.evaluate("image => [image.naturalWidth, image.clientWidth]")
+        # the panels' labels are 9 pt at 100 dpi, 12.5 px in the PNG: shown at least 10 px high
+        assert natural > 0 and 12.5 * shown / natural >= 10, (natural, shown)
+        explorer = page.locator(".jp-Cell").filter(has=page.locator(".widget-image")).last
+        assert "VBox(" not in explorer.inner_text()
+        page.screenshot(path=str(tmp_path / "demo_output.png"))
+        assert not errors, f"console errors: {errors}"
+        _close(page)
+        browser.close()
+
+
+def test_formgrader_shows_the_course_when_jupyterlab_starts_from_the_repository_root(tmp_path):
+    """``jupyter lab`` started from the repository root, as the README says: Formgrader lists the four assignments."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    repository = tmp_path / "repository"
+    shutil.copytree(ROOT / "course", repository / "course",
+                    ignore=shutil.ignore_patterns("release", "submitted", "autograded", "feedback", "gradebook.db"))
+    shutil.copy(ROOT / "nbgrader_config.py", repository)
+    (tmp_path / "home").mkdir()
+    with _lab_server(tmp_path / "home", repository) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{url}/formgrader?token={TOKEN}")
+        listed = page.locator("#main-table")
+        for assignment in sorted(p.name for p in (repository / "course" / "source").iterdir()):
+            listed.get_by_text(assignment, exact=True).wait_for(timeout=60_000)
+        assert "No data available" not in listed.inner_text()
+        assert "exchange directory" not in page.locator("body").inner_text()
         browser.close()

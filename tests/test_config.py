@@ -86,3 +86,42 @@ def test_grpo_args_compose_with_overrides(tmp_path):
     changed = grpo_args(TrainConfig(), tmp_path, report_to=[], warmup_steps=0)
     assert plain.report_to == ["tensorboard"] and changed.report_to == [] and changed.warmup_steps == 0
     assert changed.shuffle_dataset is False and changed.loss_type == plain.loss_type == "grpo"
+
+
+def test_the_paper_preset_refuses_a_random_tool_unless_asked_before_any_work():
+    with pytest.raises(ValueError, match="needs tool_checkpoint.*sam_vit_h_4b8939.pth.*dl.fbaipublicfiles.com.*"
+                                         "random_tool=True"):
+        TrainConfig(preset="paper")
+    assert TrainConfig(preset="paper", random_tool=True).tool_checkpoint is None  # benchmarks opt in
+    with pytest.raises(ValueError, match="tool_checkpoint='missing.pth'.*neither a checkpoint file"):
+        TrainConfig(preset="paper", tool_checkpoint="missing.pth")
+
+
+def test_a_policy_path_must_be_a_model_folder_or_a_hub_id(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"")
+    for value, message in [(str(tmp_path / "empty"), "folder without config.json"),
+                           (str(tmp_path / "weights.bin"), "is a file"),
+                           ("not a model", "neither a model folder .* nor a hub id"),
+                           ("Qwen/Qwen2.5-VL-7B-Instruct", "not in the local Hugging Face cache while HF_HUB_OFFLINE")]:
+        with pytest.raises(ValueError, match=f"TrainConfig.policy_path=.*{message}"):
+            TrainConfig(policy_path=value)
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert TrainConfig(policy_path=str(tmp_path / "empty")).policy_path == str(tmp_path / "empty")
+
+
+def test_one_default_for_the_tool_weighting_and_the_completion_limit_by_preset():
+    import inspect
+
+    from grto_lib import losses
+    from grto_lib.bootstrap import bootstrap_tool
+    from grto_lib.trainer import GRTOTrainer
+
+    assert TrainConfig().tool_weighting == losses.DEFAULT_TOOL_WEIGHTING == "on_target"
+    assert inspect.signature(bootstrap_tool).parameters["weighting"].default == losses.DEFAULT_TOOL_WEIGHTING
+    tool_settings = ("tool_lr", "tool_loss_weight", "tool_loss", "tool_weighting", "tool_max_grad_norm")
+    parameters = inspect.signature(GRTOTrainer.__init__).parameters  # no second set of defaults: TrainConfig's
+    assert all(parameters[name].default is inspect.Parameter.empty for name in tool_settings)
+    assert TrainConfig().max_completion_length == 128
+    assert TrainConfig(preset="paper", random_tool=True).max_completion_length == 512
+    assert TrainConfig(preset="paper", random_tool=True, max_completion_length=300).max_completion_length == 300

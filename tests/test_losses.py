@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from grto_lib.losses import group_advantages, grpo_token_loss, tool_loss, tool_loss_weights
+from grto_lib.losses import group_advantages, grpo_token_loss, tool_loss, tool_loss_selection, tool_loss_weights
 
 torch.set_num_threads(1)
 
@@ -310,7 +310,7 @@ VALID = torch.tensor([True, True, True, False, True])
 
 
 def test_uniform_weights():
-    torch.testing.assert_close(tool_loss_weights(A, VALID), torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25]))
+    torch.testing.assert_close(tool_loss_weights(A, VALID, "uniform"), torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25]))
 
 
 def test_box_on_target_is_box_iou_above_one_half():
@@ -356,6 +356,22 @@ def test_weights_sum_to_one_and_skip_invalid(scheme):
     assert (w[~valid] == 0).all() and (w >= 0).all()
 
 
+@pytest.mark.parametrize("scheme", ["uniform", "advantage", "positive", "on_target"])
+def test_weights_with_the_steps_total_add_up_over_micro_batches_to_the_whole_steps(scheme):
+    """Split a step's rollouts into micro-batches: each micro-batch's weights against the whole step's total are
+    exactly the whole step's weights, so accumulating sum_i w_i L_i over micro-batches gives the same loss."""
+    adv = torch.tensor([1.0, -1.0, 2.0, 0.5, 3.0, -2.0, 1.0, 1.0, -1.0, 0.5, 2.0, -0.5])
+    valid = torch.tensor([True, True, True, True, True, False, True, True, True, True, False, True])
+    on_target = torch.tensor([True, True, False, True, True, True, True, True, False, True, True, True])
+    whole = tool_loss_weights(adv, valid, scheme, on_target)
+    total = tool_loss_selection(adv, valid, scheme, on_target).sum()
+    parts = [tool_loss_weights(adv[i:i + 4], valid[i:i + 4], scheme, on_target[i:i + 4], total=total)
+             for i in range(0, 12, 4)]
+    torch.testing.assert_close(torch.cat(parts), whole)
+    alone = [tool_loss_weights(adv[i:i + 4], valid[i:i + 4], scheme, on_target[i:i + 4]) for i in range(0, 12, 4)]
+    assert not torch.allclose(torch.cat(alone), whole)  # normalised per micro-batch instead: another update
+
+
 def test_constant_group_selects_nothing_for_positive_schemes():
     zeros = group_advantages(torch.ones(4), 4)
     assert (tool_loss_weights(zeros, torch.ones(4, dtype=torch.bool), "positive") == 0).all()
@@ -366,7 +382,7 @@ def test_tool_loss_weights_rejects_bad_arguments():
     with pytest.raises(ValueError, match="scheme must be one of"):
         tool_loss_weights(A, VALID, "topk")
     with pytest.raises(ValueError, match="bool"):
-        tool_loss_weights(A, VALID.int())
+        tool_loss_weights(A, VALID.int(), "uniform")
     with pytest.raises(ValueError, match="finite"):
         tool_loss_weights(torch.tensor([math.nan, 1.0]), torch.tensor([True, True]), "advantage")
 

@@ -1,36 +1,98 @@
-"""The pins in pyproject.toml, requirements.txt, requirements.lock and environment.yml agree."""
+"""What grto_lib declares and where it writes: pyproject.toml's runtime dependencies are what the package imports
+(in ranges) and its extras what the notebooks, the course and the tests need; requirements.txt, environment.yml and
+requirements.lock pin all of them exactly; relative paths follow one rule; and the built wheel, installed into a
+fresh virtual environment, trains from any folder and writes there."""
+import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
 import tomllib
+import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+COURSE_AND_TEST_TOOLS = {"jupyterlab", "playwright", "nbgrader", "papermill", "nbval", "hypothesis", "pytest"}
+NEEDED_WITHOUT_AN_IMPORT = {
+    "torchvision": "segment_anything imports it without declaring it",
+    "accelerate": "`accelerate launch -m grto_lib.train` runs on several GPUs (trl needs it too)",
+    "tensorboard": "every run reports to TensorBoard (grto_lib.train.grpo_args)",
+}
+"""Runtime dependencies that no grto_lib module imports, and why they are runtime dependencies all the same."""
 
 
-def _pins(lines):
+def _requirements(lines) -> dict[str, Requirement]:
+    """Requirement lines (comments, blanks and ``grto_lib[...]`` self-references skipped) by canonical name."""
+    texts = (line.split("#")[0].strip().removeprefix("- ").strip() for line in lines)
+    parsed = [Requirement(text) for text in texts if text]
+    return {canonicalize_name(r.name): r for r in parsed if canonicalize_name(r.name) != "grto-lib"}
+
+
+def _exact_pins(lines) -> dict[str, str]:
+    """``{name: version}`` of ``==`` requirement lines; anything else is an error naming the line."""
     pins = {}
-    for line in lines:
-        line = line.strip().lstrip("- ").strip()
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[re.sub(r"[-_.]+", "-", name.lower())] = version.strip()
+    for name, requirement in _requirements(lines).items():
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", f"{requirement} is not an exact pin"
+        pins[name] = specifiers[0].version
     return pins
 
 
-def test_every_direct_dependency_is_pinned_exactly_and_identically():
-    project = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
-    requirements = _pins((ROOT / "requirements.txt").read_text().splitlines())
+def _runtime() -> dict[str, Requirement]:
+    return _requirements(PROJECT["dependencies"])
+
+
+def _extra(name: str) -> dict[str, Requirement]:
+    return _requirements(PROJECT["optional-dependencies"][name])
+
+
+def _requirements_txt() -> dict[str, str]:
+    return _exact_pins((ROOT / "requirements.txt").read_text().splitlines())
+
+
+def test_requirements_txt_pins_exactly_what_pyproject_names_within_its_ranges():
+    declared = {**_runtime(), **{k: v for extra in PROJECT["optional-dependencies"] for k, v in _extra(extra).items()}}
+    pins = _requirements_txt()
+    assert set(pins) == set(declared), (
+        f"only in requirements.txt: {sorted(set(pins) - set(declared))}; "
+        f"only in pyproject.toml: {sorted(set(declared) - set(pins))}")
+    outside = {name: (version, str(declared[name].specifier)) for name, version in pins.items()
+               if version not in declared[name].specifier}
+    assert not outside, f"requirements.txt pins outside pyproject.toml's ranges: {outside}"
+
+
+def test_environment_yml_pins_what_requirements_txt_pins():
     env_text = (ROOT / "environment.yml").read_text()
-    conda_pip = _pins(env_text.split("- pip:")[1].splitlines())
-    assert project == requirements == conda_pip
-    assert "torch" in project and "torchvision" in project
+    assert _exact_pins(env_text.split("- pip:")[1].splitlines()) == _requirements_txt()
     assert "python=3.11" in env_text
+
+
+def test_torch_and_torchvision_have_an_upper_bound():
+    for name in ("torch", "torchvision"):
+        assert any(s.operator in ("<", "<=", "==") for s in _runtime()[name].specifier), (
+            f"{name} needs an upper bound: an unbounded install pulls the newest multi-GB CUDA build")
+
+
+def test_the_course_and_test_tools_are_extras_not_runtime_dependencies():
+    assert not COURSE_AND_TEST_TOOLS & set(_runtime())
+    assert {"jupyterlab", "papermill"} <= set(_extra("notebooks"))
+    assert {"nbgrader", "playwright"} <= set(_extra("course"))
+    assert {"pytest", "hypothesis", "nbval"} <= set(_extra("test"))
+    assert "grto_lib[notebooks,course]" in PROJECT["optional-dependencies"]["test"]
 
 
 def test_lock_contains_the_direct_pins_and_only_exact_versions():
     lock_lines = [l for l in (ROOT / "requirements.lock").read_text().splitlines() if l and not l.startswith("#")]
-    assert all("==" in l for l in lock_lines), [l for l in lock_lines if "==" not in l]
-    lock = _pins(lock_lines)
-    requirements = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    lock = _exact_pins(lock_lines)
+    requirements = _requirements_txt()
     assert {k: lock.get(k) for k in requirements} == requirements
 
 
@@ -43,9 +105,165 @@ def test_installed_trl_is_the_release_whose_private_methods_the_trainer_override
         f"trl {trl.__version__} is installed, but GRTOTrainer overrides private methods of trl {TRL_VERSION} "
         f"(grto_lib/trainer.py, TRL_VERSION): install the pinned release (pip install -r requirements.lock), or "
         f"port the overrides to the new release and move TRL_VERSION and every pin together")
-    assert _pins((ROOT / "requirements.txt").read_text().splitlines())["trl"] == TRL_VERSION
-    overrides = ("_generate_and_score_completions", "_compute_loss", "_save_checkpoint", "_load_from_checkpoint",
-                 "_load_optimizer_and_scheduler")  # the private methods trainer.py's TRL_VERSION names
+    assert str(_runtime()["trl"].specifier) == f"=={TRL_VERSION}", "pyproject.toml must pin trl exactly"
+    overrides = ("_calculate_rewards", "_generate_and_score_completions", "_prepare_inputs", "_compute_loss",
+                 "_save_checkpoint", "_load_from_checkpoint", "_load_optimizer_and_scheduler")  # TRL_VERSION's list
     missing = [name for name in overrides
                if name not in vars(GRTOTrainer) or not any(name in vars(base) for base in GRTOTrainer.__mro__[1:])]
     assert not missing, f"GRTOTrainer's overrides no longer override anything upstream: {missing}"
+
+
+def _imported_distributions(files) -> dict[str, set[str]]:
+    """``{distribution: {file, ...}}`` of the third-party modules ``files`` import (at the top or in a function)."""
+    module_to_distributions = packages_distributions()
+    found = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for top in {module.split(".")[0] for module in modules}:
+                if top in sys.stdlib_module_names or top == "grto_lib":
+                    continue
+                assert top in module_to_distributions, f"{path.relative_to(ROOT)} imports {top}, which nothing installs"
+                for distribution in module_to_distributions[top]:
+                    found.setdefault(canonicalize_name(distribution), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_runtime_dependencies_are_what_grto_lib_imports():
+    files = sorted((ROOT / "grto_lib").rglob("*.py"))
+    study = [f for f in files if "study" in f.relative_to(ROOT / "grto_lib").parts]
+    runtime_imports = _imported_distributions([f for f in files if f not in study])
+    runtime = set(_runtime())
+    assert not set(runtime_imports) - runtime, (
+        "grto_lib imports packages that pyproject.toml's dependencies lack: "
+        f"{ {name: sorted(where) for name, where in runtime_imports.items() if name not in runtime} }")
+    unexplained = runtime - set(runtime_imports) - set(NEEDED_WITHOUT_AN_IMPORT)
+    assert not unexplained, f"runtime dependencies that grto_lib never imports: {sorted(unexplained)}"
+    study_imports = _imported_distributions(study)
+    missing = set(study_imports) - runtime - set(_extra("notebooks"))
+    assert not missing, f"grto_lib.study imports packages that neither the runtime nor `notebooks` declares: {missing}"
+
+
+def test_relative_paths_resolve_against_the_checkout_or_else_the_working_directory(tmp_path, monkeypatch):
+    from grto_lib import config
+
+    assert config.is_source_checkout(ROOT) and config.IN_SOURCE_CHECKOUT and config.REPO_ROOT == ROOT
+    assert not config.is_source_checkout(tmp_path)
+    (tmp_path / "grto_lib").mkdir()
+    (tmp_path / "grto_lib" / "__init__.py").write_text("")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "another"\n')
+    assert not config.is_source_checkout(tmp_path)
+
+    monkeypatch.chdir(tmp_path)
+    assert config.repo_path("outputs/run") == ROOT / "outputs" / "run"
+    assert config.repo_path(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setattr(config, "IN_SOURCE_CHECKOUT", False)
+    assert config.repo_path("outputs/run") == tmp_path / "outputs" / "run"
+
+
+@pytest.mark.parametrize("in_checkout", [True, False])
+def test_a_missing_stand_in_says_what_to_pass_instead(tmp_path, monkeypatch, in_checkout):
+    from grto_lib import TrainConfig, policy, runs
+
+    monkeypatch.setattr(policy, "IN_SOURCE_CHECKOUT", in_checkout)
+    hint = "python -m grto_lib.tinyworld.standins --only" if in_checkout else "installed grto_lib comes without"
+    folder = re.escape(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"No tiny policy in {folder}.*{hint}.*policy_path"):
+        policy.load_policy(policy.PolicyConfig(model_name_or_path=str(tmp_path)))
+    monkeypatch.setattr(runs, "TINY_TOOL", tmp_path / "tool")
+    with pytest.raises(FileNotFoundError, match=f"No tiny tool in {folder}/tool.*{hint}.*tool_checkpoint"):
+        runs.load_models(TrainConfig())
+
+
+def _run(command, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``command`` offline on one thread, with no PYTHONPATH that could lend the new venv a grto_lib."""
+    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{output}"
+    return result
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of everything under ``folder`` (links are listed, not followed)."""
+    found = {}
+    for directory, subfolders, files in os.walk(folder):
+        for name in subfolders + files:
+            stat = Path(directory, name).lstat()
+            found[str(Path(directory, name).relative_to(folder))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """The wheel of a copy of the package's sources (building in place would leave build/ in the checkout)."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "grto_lib", source / "grto_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", str(tmp_path / "dist"), str(source)])
+    (wheel,) = (tmp_path / "dist").glob("grto_lib-*.whl")
+    return wheel
+
+
+def _fresh_venv(folder: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a new virtual environment that sees this one's packages, grto_lib excepted:
+    each top-level entry of this environment's site-packages is linked into the new one, except grto_lib's
+    editable install (its metadata, its finder and any .pth naming the checkout), so nothing multi-GB is
+    installed twice and only the wheel can provide grto_lib."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(folder)])
+    python = folder / "bin" / "python"
+    site_packages = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        editable = entry.name.startswith(("grto_lib", "__editable__")) or (
+            entry.suffix == ".pth" and str(ROOT) in entry.read_text(errors="replace"))
+        if not editable:
+            (site_packages / entry.name).symlink_to(entry)
+    return python, site_packages
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_in_a_fresh_venv_and_trains_from_another_folder(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [line.removeprefix("Requires-Dist:").strip() for line in archive.read(metadata).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+    assert all(n.startswith(("grto_lib/", "grto_lib-")) for n in names), "the wheel holds files outside grto_lib/"
+    runtime = {canonicalize_name(r.name) for r in map(Requirement, requires) if r.marker is None}
+    assert runtime == set(_runtime()) and not runtime & COURSE_AND_TEST_TOOLS, runtime
+
+    python, site_packages = _fresh_venv(tmp_path / "venv")
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
+          str(wheel)])
+    check = _run([sys.executable, "-m", "pip", "--python", str(python), "check"])
+    assert "No broken requirements found" in check.stdout, check.stdout
+    probe = ("import grto_lib\nprint(grto_lib.__file__)\nprint(grto_lib.config.IN_SOURCE_CHECKOUT)\ntry:\n"
+             "    grto_lib.load_policy(grto_lib.PolicyConfig())\nexcept FileNotFoundError as error:\n    print(error)")
+    installed, in_checkout, missing = _run([python, "-c", probe], cwd=tmp_path).stdout.strip().splitlines()
+    assert Path(installed).is_relative_to(site_packages) and not Path(installed).is_symlink(), installed
+    assert in_checkout == "False"
+    assert missing.startswith(f"No tiny policy in {tmp_path / 'data' / 'standins' / 'policy'}: an installed grto_lib"
+                              ) and "Point policy_path" in missing, missing
+
+    work = tmp_path / "work"
+    work.mkdir()
+    before = _files(site_packages)
+    standins = ROOT / "data" / "standins"
+    _run([python.parent / "grto-train", "--method", "grto", "--steps", "1", "--prompts-per-step", "2",
+          "--num-generations", "2", "--train-size", "4", "--eval-size", "2", "--curve-every", "0", "--save-steps", "1",
+          "--policy-path", standins / "policy", "--tool-checkpoint", standins / "tool", "--output-dir", "wheel_run"],
+         cwd=work)
+    after = _files(site_packages)
+    written = sorted(path for path, stat in after.items() if before.get(path) != stat)
+    assert (work / "wheel_run" / "metrics.json").is_file(), (
+        f"no wheel_run/metrics.json in the working directory {work}; written under site-packages: {written[:5]}")
+    assert not written, f"written under the venv's site-packages: {written[:10]}"
+    assert not (ROOT / "wheel_run").exists(), "the installed grto_lib resolved a relative path against the checkout"

@@ -10,7 +10,8 @@ from grto_lib.policy import (
     CHAT_TEMPLATE, CoordImageProcessor, PolicyConfig, TinyQwenProcessor, build_tiny_policy, build_tokenizer,
     load_policy,
 )
-from grto_lib.prompts import build_messages, format_answer, policy_view, to_trl_rows
+from grto_lib.prompts import (TINY_SYSTEM_PROMPT, build_messages, format_answer, policy_view, system_prompt_for,
+                              to_trl_rows)
 from grto_lib.rewards import parse_answer
 
 CORPUS = ["the red circle", "the blue square", "the shape left of the green one"]
@@ -83,8 +84,10 @@ def test_tokenizer_vocabulary():
 
 def test_chat_template_renders_build_messages(tiny):
     _, processor = tiny
-    text = processor.apply_chat_template(build_messages("the red circle"), add_generation_prompt=True)
-    assert text.startswith("<|im_start|>system\nYou segment the object")
+    assert system_prompt_for(processor) == TINY_SYSTEM_PROMPT  # the words the stand-in's tokenizer knows
+    text = processor.apply_chat_template(build_messages("the red circle", system_prompt_for(processor)),
+                                         add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou segment the object a query refers to.")
     assert "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>the red circle<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
     assert not processor.apply_chat_template(build_messages("q"), add_generation_prompt=False).endswith("assistant\n")
@@ -238,20 +241,12 @@ def test_image_size_must_match_the_tiny_folder(saved):
         load_policy(PolicyConfig(model_name_or_path=str(saved), policy_image_size=112))
 
 
-def test_paper_code_path_on_a_local_folder(tiny, tmp_path):
+def test_paper_code_path_on_a_local_folder(hugging_face_qwen_folder):
     """The paper preset's loader (stock processor, LoRA on by default) on a tiny 3-channel, 14 px-patch model."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLProcessor
 
-    _, processor = tiny
-    config = policy.tiny_model_config(processor.tokenizer)
-    config.vision_config.in_channels, config.vision_config.patch_size = 3, 14
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(tmp_path)
-    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=processor.tokenizer,
-                        video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE).save_pretrained(tmp_path)
-    model, paper_processor = load_policy(PolicyConfig(preset="paper", model_name_or_path=str(tmp_path),
-                                                      policy_image_size=56, dtype="float32"))
+    model, paper_processor = load_policy(PolicyConfig(preset="paper", dtype="float32", policy_image_size=56,
+                                                      model_name_or_path=str(hugging_face_qwen_folder)))
     assert type(model).__name__ == "PeftModelForCausalLM"
     assert isinstance(paper_processor, Qwen2_5_VLProcessor)
     inputs = paper_processor.apply_chat_template([_conversation("the red circle", policy_view(_image(), 112))],
@@ -273,7 +268,8 @@ def test_grpo_trainer_accepts_the_tiny_policy(tiny, saved, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     model, processor = load_policy(PolicyConfig(model_name_or_path=str(saved)))
-    rows = to_trl_rows([type("S", (), {"query": q, "image": _image(i)})() for i, q in enumerate(CORPUS * 2)], 128)
+    rows = to_trl_rows([type("S", (), {"query": q, "image": _image(i)})() for i, q in enumerate(CORPUS * 2)], 128,
+                       TINY_SYSTEM_PROMPT)
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True,
                       bf16=False, report_to=[], max_completion_length=8, beta=0.0, loss_type="grpo")
     trainer = GRPOTrainer(model=model, processing_class=processor, args=args, train_dataset=Dataset.from_list(rows),
@@ -291,6 +287,21 @@ def test_grpo_trainer_accepts_the_tiny_policy(tiny, saved, tmp_path):
 
 
 # --- the fast paths (grto_lib.fast_qwen) ------------------------------------------------------------------------
+
+
+def _assert_same_logits_and_gradients(stock, fast, batch) -> None:
+    """The stock and the fast model give the same logits and the same gradient of every parameter, to 1e-5."""
+    outputs = []
+    for m in (stock, fast):
+        m.train()
+        logits = m(**batch).logits
+        logits.float().logsumexp(-1).mean().backward()
+        outputs.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (stock_logits, stock_grads), (fast_logits, fast_grads) = outputs
+    assert torch.allclose(fast_logits, stock_logits, atol=1e-5)
+    assert stock_grads.keys() == fast_grads.keys() and any("visual" in n for n in stock_grads)
+    for name, grad in stock_grads.items():
+        assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
 
 
 @pytest.mark.parametrize("repeats", [1, 4])
@@ -312,21 +323,41 @@ def test_fast_paths_compute_what_the_stock_classes_compute(tiny, repeats):
     texts, images = [], []
     for i in range(8):
         sample = samples[i // repeats]
-        texts.append(processor.apply_chat_template(build_messages(sample.query), add_generation_prompt=True)
+        texts.append(processor.apply_chat_template(build_messages(sample.query, system_prompt_for(processor)),
+                                                   add_generation_prompt=True)
                      + "<think> x </think>")
         images.append(policy_view(sample.image, 128))
+    _assert_same_logits_and_gradients(stock, fast, processor(text=texts, images=images, padding=True,
+                                                              return_tensors="pt"))
+
+
+@pytest.mark.parametrize("view", [224, 196])
+def test_fast_paths_are_exact_on_qwen2_5_vl_3bs_vision_layout(hugging_face_qwen_folder, view):
+    """The 3B's vision tower attends within 112 px windows except in its full-attention blocks (here block 1 of 2),
+    14 px patches. At 224 px every image has 4 equal windows (the batched attention runs over windows of all
+    images); at 196 px the windows differ in size (the stock code runs). Both: the stock model's logits and
+    gradients to 1e-5, for images repeated as GRPO repeats them."""
+    import copy
+
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from grto_lib.data import load_dataset
+    from grto_lib.fast_qwen import disable_fast_paths, enable_fast_paths
+
+    stock = Qwen2_5_VLForConditionalGeneration.from_pretrained(hugging_face_qwen_folder, dtype=torch.float32)
+    assert stock.config.vision_config.fullatt_block_indexes == [1] and stock.config.vision_config.window_size == 112
+    fast = copy.deepcopy(stock)
+    enable_fast_paths(fast)
+    disable_fast_paths(stock)
+    processor = AutoProcessor.from_pretrained(hugging_face_qwen_folder,
+                                              size={"shortest_edge": view * view, "longest_edge": view * view})
+    samples = load_dataset("reasonseg", "train", size=2)
+    texts = [processor.apply_chat_template(build_messages(samples[i // 2].query), add_generation_prompt=True)
+             + "<think> x </think>" for i in range(4)]
+    images = [policy_view(samples[i // 2].image, view) for i in range(4)]
     batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
-    outputs = []
-    for m in (stock, fast):
-        m.train()
-        logits = m(**batch).logits
-        logits.float().logsumexp(-1).mean().backward()
-        outputs.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
-    (stock_logits, stock_grads), (fast_logits, fast_grads) = outputs
-    assert torch.allclose(fast_logits, stock_logits, atol=1e-5)
-    assert stock_grads.keys() == fast_grads.keys() and any("visual" in n for n in stock_grads)
-    for name, grad in stock_grads.items():
-        assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
+    assert batch["image_grid_thw"][0].tolist() == [1, view // 14, view // 14]
+    _assert_same_logits_and_gradients(stock, fast, batch)
 
 
 # --- the committed stand-in -----------------------------------------------------------------------------------

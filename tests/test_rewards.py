@@ -69,6 +69,32 @@ def test_parses_the_canonical_and_the_spaced_forms():
 def test_parse_ignores_think_and_extra_keys_and_accepts_floats_and_empty_points():
     answer = parse_answer('<answer>{"points": [], "bbox": [1.5, 2, 3e1, 4], "label": "circle"}</answer>')
     assert answer == Answer((1.5, 2.0, 30.0, 4.0), [])
+    assert parse_answer(wrap('{"bbox": [1, 2, 3, 4]}')) == Answer((1.0, 2.0, 3.0, 4.0), [])  # no points key
+
+
+@pytest.mark.parametrize("payload", [
+    '{"bbox_2d": [12, 30, 50, 61], "point_2d": [20, 40], "label": "red circle"}',
+    '[{"bbox_2d": [12, 30, 50, 61], "point_2d": [20, 40], "label": "red circle"}]',
+    '```json\n[\n\t{"bbox_2d": [12, 30, 50, 61], "point_2d": [20, 40], "label": "red circle"}\n]\n```',
+    '\n```json\n{"bbox": [12, 30, 50, 61], "points": [[20, 40]]}\n```\n',
+])
+def test_qwen_native_grounding_json_parses_inside_the_answer_tags(payload):
+    """Qwen2.5-VL's own grounding output: ``bbox_2d`` / ``point_2d`` keys, a one-element list of objects, often in a
+    Markdown code fence. Inside the answer tags it parses like the project's own keys and earns the format reward."""
+    text = f"<think>The query asks for the red circle; it is on the left.</think>\n<answer>{payload}</answer>"
+    assert parse_answer(text) == Answer((12.0, 30.0, 50.0, 61.0), [(20.0, 40.0)])
+    assert format_reward(text) == 1.0 and answer_reward(text) == 1.0
+
+
+def test_a_completion_written_as_the_real_models_prompt_instructs_parses_and_earns_the_format_reward():
+    from grto_lib.prompts import ANSWER_EXAMPLE, SYSTEM_PROMPT
+
+    assert SYSTEM_PROMPT.endswith(ANSWER_EXAMPLE)  # the prompt shows the exact form it asks for
+    for key in ("<think>", "</think>", "<answer>", "</answer>", '"bbox"', '"points"', "pixels"):
+        assert key in SYSTEM_PROMPT, key
+    answer = parse_answer(ANSWER_EXAMPLE)
+    assert answer == Answer((10.0, 100.0, 200.0, 210.0), [(30.0, 110.0), (35.0, 180.0)])
+    assert format_reward(ANSWER_EXAMPLE) == 1.0 and answer_reward(ANSWER_EXAMPLE) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -96,7 +122,13 @@ def test_parse_ignores_think_and_extra_keys_and_accepts_floats_and_empty_points(
         wrap('{"bbox": [1, 20, 3, 4], "points": []}'),  # y2 < y1
         wrap('{"bbox": [true, 2, 3, 4], "points": []}'),
         wrap('{"bbox": ["1", 2, 3, 4], "points": []}'),
-        wrap('{"bbox": [1, 2, 3, 4]}'),  # points missing
+        wrap('{"bbox": [1, 2, 3, 4], "bbox_2d": [1, 2, 3, 4], "points": []}'),  # two box keys: ambiguous
+        wrap('{"bbox": [1, 2, 3, 4], "points": [], "point_2d": [1, 2]}'),  # two point keys
+        wrap('{"points": [[1, 2]]}'),  # no box
+        wrap('[{"bbox": [1, 2, 3, 4]}, {"bbox": [5, 6, 7, 8]}]'),  # several objects: a hedge
+        wrap('[]'),
+        wrap('{"bbox_2d": [1, 2, 3, 4], "point_2d": [[1, 2], [3, 4]]}'),  # point_2d is one pair
+        wrap('```json\n{"bbox": [1, 2, 3, 4]}'),  # an unclosed code fence
         wrap('{"bbox": [1, 2, 3, 4], "points": [[1, 2, 3]]}'),  # not a pair
         wrap('{"bbox": [1, 2, 3, 4], "points": [1, 2]}'),  # flat list
         wrap('{"bbox": [1, 2, 3, 4], "points": [[1, null]]}'),

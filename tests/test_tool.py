@@ -132,12 +132,13 @@ def test_encoder_runs_once_per_image_whatever_the_number_of_rollouts():
 
 def test_embed_encodes_at_most_encoder_batch_images_at_once_with_the_same_result():
     from grto_lib.tool import ENCODER_BATCH
+    assert ENCODER_BATCH["vit_h"] == 2  # SAM ViT-H: about 3.2 GiB of attention activations per 1024 px image
     tool = make_tool()
     calls = []
     tool.sam.image_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
-    images = random_images(ENCODER_BATCH + 2)
+    images = random_images(tool.encoder_batch + 2)
     chunked = tool.embed(images)
-    assert calls == [ENCODER_BATCH, 2]
+    assert calls == [tool.encoder_batch, 2]
     torch.testing.assert_close(chunked, tool.embed(images, batch_size=len(images)), rtol=1e-4, atol=1e-5)
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from grto_lib import losses
 from grto_lib.config import TrainConfig
 from grto_lib.rewards import RewardWeights
-from grto_lib.scorer import RolloutScorer
+from grto_lib.scorer import TERMS, RolloutScorer
 from grto_lib.tinyworld.standins import STANDINS_DIR
 from grto_lib.train import build_trainer, train
 from grto_lib.runs import load_models, load_splits
@@ -54,12 +54,41 @@ def test_bgrto_bootstraps_from_a_buffer_on_disk_and_reuses_it(tmp_path, monkeypa
     assert metrics["timing"]["bto_seconds"] > 0
 
     # A second run in a fresh folder that points at the same buffer content must not generate again.
-    import sys
-    monkeypatch.setattr(sys.modules["grto_lib.train"], "build_bto_buffer", lambda *a, **k: pytest.fail("buffer regenerated"))
+    import grto_lib.bootstrap
+    monkeypatch.setattr(grto_lib.bootstrap, "build_bto_buffer", lambda *a, **k: pytest.fail("buffer regenerated"))
     fresh = tmp_path / "c"
     fresh.mkdir()
     (fresh / "bto_buffer").symlink_to(buffer)
     train(TrainConfig(method="b-grto", output_dir=str(fresh), **dict(TINY, steps=1)))
+
+
+def test_a_bto_buffer_made_by_another_request_is_rebuilt_and_says_so(tmp_path, caplog):
+    """A b-grto run cut off after its buffer was written, run again in the same folder with another temperature,
+    must not train on the old rollouts: the buffer's fingerprint differs, a warning names the field, and the new
+    buffer records the new temperature. Another policy (weights), prompt or dataset differs the same way."""
+    from grto_lib.bootstrap import buffer_fingerprint, load_bto_buffer
+
+    folder = tmp_path / "run"
+    train(TrainConfig(method="b-grto", output_dir=str(folder), **dict(TINY, steps=1, curve_every=0)))
+    old = json.loads((folder / "bto_buffer" / "meta.json").read_text())["fingerprint"]
+    assert old["temperature"] == 1.0 and len(old["policy_weights"]) == 64
+    for path in folder.glob("checkpoint-*"):  # as if the first run had been killed before its first checkpoint
+        import shutil
+        shutil.rmtree(path)
+    with caplog.at_level("WARNING", logger="grto_lib.bootstrap"):
+        train(TrainConfig(method="b-grto", output_dir=str(folder), temperature=0.3,
+                          **dict(TINY, steps=1, curve_every=0)))
+    assert "made by another request" in caplog.text and "temperature" in caplog.text
+    assert json.loads((folder / "bto_buffer" / "meta.json").read_text())["fingerprint"]["temperature"] == 0.3
+
+    config = TrainConfig(**dict(TINY, curve_every=0))
+    train_set, _ = load_splits(config)
+    policy, processor, _, size = load_models(config)
+    sampling = dict(n_prompts=4, generations=4, policy_image_size=size, temperature=0.3, seed=0)
+    assert load_bto_buffer(folder / "bto_buffer", buffer_fingerprint(policy, processor, train_set, **sampling))
+    with torch.no_grad():
+        next(p for p in policy.parameters() if p.requires_grad).add_(1e-3)  # a policy trained a little further
+    assert load_bto_buffer(folder / "bto_buffer", buffer_fingerprint(policy, processor, train_set, **sampling)) is None
 
 
 def test_on_target_tool_loss_ignores_rollouts_whose_box_misses_the_target(tmp_path):
@@ -73,9 +102,10 @@ def test_on_target_tool_loss_ignores_rollouts_whose_box_misses_the_target(tmp_pa
     miss = format_answer([0, 0, 2, 2], [[1, 1], [1, 1]])
 
     def loss(texts):
-        scorer.score(texts, [0] * len(texts))
-        inputs = scorer.pop_tool_batch().as_dict()
-        return trainer.batch_tool_loss({**inputs, "advantages": torch.zeros(len(texts))}).item()
+        trainer.tool_batch = scorer.score(texts, [0] * len(texts)).tool_batch
+        n = len(texts)
+        return trainer.batch_tool_loss({"tool_rollout": torch.arange(n), "advantages": torch.zeros(n),
+                                        "tool_total": None}).item()
 
     assert loss([miss, miss]) == 0.0
     assert loss([hit, miss]) > 0.0
@@ -94,9 +124,9 @@ def test_box_threshold_turns_the_box_reward_into_an_indicator():
     texts = [format_answer(b, [[1, 1], [1, 1]]) for b in (box, box + [-8, -8, 8, 8])]
     iou = box_reward(parse_answer(texts[1]), box, dataset[0].mask.shape)  # the grown box, clipped to the image
     assert 0.0 < iou < 0.5
-    plain = RolloutScorer(dataset, tool, 128).score(texts, [0, 0])["box"]
+    plain = RolloutScorer(dataset, tool, 128).score(texts, [0, 0]).terms["box"]
     assert plain == pytest.approx([1.0, iou], abs=1e-6)
-    assert RolloutScorer(dataset, tool, 128, box_threshold=0.5).score(texts, [0, 0])["box"] == [1.0, 0.0]
+    assert RolloutScorer(dataset, tool, 128, box_threshold=0.5).score(texts, [0, 0]).terms["box"] == [1.0, 0.0]
     assert TrainConfig(box_threshold=0.5).box_threshold == 0.5
 
 
@@ -111,7 +141,7 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_matches_the_target():
     on, off = mask_to_box(dataset[0].mask).tolist(), [0.0, 0.0, 2.0, 2.0]
     records = [{"sample_index": i, "valid": True, "bbox": box, "points": [[1.0, 1.0], [1.0, 1.0]]}
                for i, box in ((0, on), (0, off), (1, off))]
-    assert bootstrap_tool(tool, dataset, records, steps=1)["valid_rollouts"] == 3
+    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="uniform")["valid_rollouts"] == 3
     assert bootstrap_tool(tool, dataset, records, steps=1, weighting="on_target")["valid_rollouts"] == 1
     with pytest.raises(ValueError, match="matches the target"):
         bootstrap_tool(tool, dataset, records[1:], steps=1, weighting="on_target")
@@ -152,7 +182,7 @@ def test_policy_loss_and_advantages_equal_trls(tmp_path, loss_type, scale):
 
     weights = RewardWeights()
     per_term = trainer._logs["rewards"]
-    total = sum(torch.tensor(list(per_term[name])) * getattr(weights, name) for name in RolloutScorer.TERMS)
+    total = sum(torch.tensor(list(per_term[name])) * getattr(weights, name) for name in TERMS)
     expected = losses.group_advantages(total, config.num_generations, scale=scale)
     assert torch.allclose(seen["advantages"], expected, atol=1e-5)
 
@@ -184,7 +214,7 @@ def test_the_step_by_hand_of_notebook_03_computes_the_trainers_loss(tmp_path, we
     def spy_compute(model, inputs):
         loss = compute(model, inputs)
         seen["trainer"] = (loss.detach(), gradients(loss, policy_params), gradients(loss, tool_params))
-        index = inputs["tool_sample_index"].tolist()
+        index = trainer.tool_batch.sample_index[inputs["tool_rollout"]].tolist()
         texts = processor.tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
         policy_loss = 0
         for i in sorted(set(index)):  # one prompt's group at a time, as in the notebook (TRL shuffles the rows)
@@ -193,7 +223,7 @@ def test_the_step_by_hand_of_notebook_03_computes_the_trainers_loss(tmp_path, we
             policy_loss = policy_loss + losses.clipped_policy_loss(
                 logps, logps.detach(), inputs["advantages"][rows], mask) * len(rows) / len(texts)
         samples = [train_set[i] for i in index]
-        _, boxes, points, valid = trainer.scorer.parse(texts, index)
+        _, boxes, points, valid = trainer.scorer.parse(texts, samples)
         on_target = torch.as_tensor(box_on_target(boxes, [s.mask for s in samples]))
         weights = losses.tool_loss_weights(inputs["advantages"], torch.as_tensor(valid), weighting, on_target)
         logits = tool.decode(tool.embed([s.image for s in samples]), torch.arange(len(samples)),
@@ -296,7 +326,8 @@ def test_liger_kernel_is_refused_because_it_bypasses_the_tool_loss(tmp_path):
     args = grpo_args(config, tmp_path)
     args.use_liger_kernel = True
     with pytest.raises(ValueError, match="use_liger_kernel"):
-        GRTOTrainer(model=None, args=args, scorer=None, train_tool=True)
+        GRTOTrainer(model=None, args=args, scorer=None, train_tool=True, tool_lr=1e-4, tool_loss_weight=1.0,
+                    tool_loss="bce_dice", tool_weighting="uniform", tool_max_grad_norm=1.0)
 
 
 def test_grto_learns_mean_training_reward_rises(tmp_path):
@@ -369,10 +400,64 @@ def test_grto_and_bto_on_a_real_format_folder_with_images_of_different_sizes(tmp
     assert all(entry["tool/loss"] > 0 for entry in metrics["log_history"] if "tool/loss" in entry)
 
 
-def test_micro_batches_accumulate_policy_and_tool_gradients(tmp_path):
-    metrics = train(TrainConfig(method="grto", micro_batch=4, output_dir=str(tmp_path), **dict(TINY, curve_every=0)))
-    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))
-    assert metrics["config"]["micro_batch"] == 4 and metrics["test"]["n"] == 8
+def test_micro_batches_give_the_whole_steps_update_of_policy_and_tool(tmp_path):
+    """``micro_batch`` promises the same numbers: on the same rollouts, the gradients both optimizers step with are
+    those of the whole step (fp32, to float rounding). The tool's weights are normalised over the whole step, not
+    per micro-batch (that made the tool's update differ by 8-18 %)."""
+    from scripted_step import one_step
+
+    whole = one_step(tmp_path / "whole", prompts_per_step=4)
+    assert whole["policy_moved"] and whole["tool_moved"] and whole["skipped"] == [0.0]
+    for micro_batch in (4, 8):
+        split = one_step(tmp_path / f"micro{micro_batch}", prompts_per_step=4, micro_batch=micro_batch)
+        for model in ("policy", "tool"):
+            error = ((split[model] - whole[model]).norm() / whole[model].norm()).item()
+            assert error < 1e-5, (micro_batch, model, error)
+
+
+def test_a_non_finite_loss_in_the_second_micro_batch_skips_the_whole_step(tmp_path):
+    """The first micro-batch's gradients are already accumulated when the second one's loss is NaN: the step must
+    still leave every parameter of both models where it was."""
+    from scripted_step import one_step
+
+    poisoned = one_step(tmp_path, prompts_per_step=4, micro_batch=4, poison_call=2)
+    assert poisoned["skipped"] == [1.0]
+    assert not poisoned["policy_moved"] and not poisoned["tool_moved"]
+
+
+def _torchrun(tmp_path, name: str, *args: str) -> list[dict]:
+    """tests/scripted_step.py under ``torchrun`` with two CPU (gloo) processes; each process's result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / name / "result.pt"
+    out.parent.mkdir()
+    script = Path(__file__).parent / "scripted_step.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), "--out", str(out),
+               *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
+
+
+def test_two_processes_give_one_processs_update_on_the_same_rollouts(tmp_path):
+    """Two gloo processes with 2 prompts each make the update one process makes with all 4 (same scripted
+    rollouts): the policy's gradients are averaged by DDP, the tool's summed against the step's global weights.
+    A NaN loss on one of the two processes skips the step on both, and neither waits forever (timeout)."""
+    from scripted_step import one_step
+
+    alone = one_step(tmp_path / "alone", prompts_per_step=4)
+    pair = _torchrun(tmp_path, "pair", "--prompts-per-step", "2")
+    for model in ("policy", "tool"):
+        assert torch.equal(pair[0][model], pair[1][model])
+        error = ((pair[0][model] - alone[model]).norm() / alone[model].norm()).item()
+        assert error < 1e-5, (model, error)
+    nan = _torchrun(tmp_path, "nan", "--prompts-per-step", "2", "--poison-rank", "1")
+    for rank in nan:
+        assert rank["skipped"] == [1.0] and not rank["policy_moved"] and not rank["tool_moved"]
 
 
 def test_generate_every_k_samples_k_steps_of_rollouts_in_one_generation_call(tmp_path):
@@ -399,3 +484,46 @@ def test_grto_with_a_lora_policy_trains_only_the_adapter_and_the_tool(tmp_path):
     from grto_lib.runs import load_run
     _, policy, _, _, _ = load_run(tmp_path)  # the adapter reloads on top of the stand-in
     assert hasattr(policy, "peft_config") and metrics["test"]["n"] == 8
+
+
+def test_the_paper_preset_trains_a_policy_given_as_a_hugging_face_folder(tmp_path, hugging_face_qwen_folder):
+    """What a researcher runs, with a tiny random model in a hub snapshot's layout in place of Qwen2.5-VL-3B:
+    ``TrainConfig(preset="paper", policy_path=folder, tool_checkpoint=...)``. The stock processor is loaded from
+    the folder, the policy is wrapped in LoRA and switched to the fast paths, it is asked with the system prompt
+    that states the answer format (the tiny preset keeps its stand-in's), and one GRTO step trains the adapter."""
+    from transformers import Qwen2_5_VLProcessor
+
+    from grto_lib.fast_qwen import RepeatedImagesModel
+    from grto_lib.prompts import SYSTEM_PROMPT, TINY_SYSTEM_PROMPT, system_prompt_for
+
+    config = TrainConfig(preset="paper", policy_path=str(hugging_face_qwen_folder),
+                         tool_checkpoint=str(STANDINS_DIR / "tool"), method="grto", output_dir=str(tmp_path),
+                         **dict(TINY, steps=1, prompts_per_step=1, num_generations=2, train_size=2, eval_size=1,
+                                curve_every=0, max_completion_length=8))
+    policy, processor, _, size = load_models(config)
+    assert isinstance(processor, Qwen2_5_VLProcessor) and size == 840
+    assert hasattr(policy, "peft_config") and any(isinstance(m, RepeatedImagesModel) for m in policy.modules())
+    assert system_prompt_for(processor) == SYSTEM_PROMPT
+    assert system_prompt_for(load_models(TrainConfig())[1]) == TINY_SYSTEM_PROMPT
+    assert TrainConfig(preset="paper", random_tool=True).max_completion_length == 512
+    metrics = train(config)
+    assert metrics["test"]["n"] == 1 and 0.0 <= metrics["test"]["format_valid"] <= 1.0
+    assert (tmp_path / "final" / "policy" / "adapter_model.safetensors").is_file()
+    rows = build_trainer(config, policy, processor, load_models(TrainConfig())[2], load_splits(config)[0],
+                         size).train_dataset
+    assert rows[0]["prompt"][0]["content"][0]["text"] == SYSTEM_PROMPT
+
+
+def test_compile_generation_samples_the_same_rollouts_through_the_static_cache(tmp_path):
+    """``compile_generation`` runs generation on a static key-value cache with TRL's compile switch lifted (on a GPU
+    transformers then compiles the decoding step; on a CPU the same path runs uncompiled): the same seed samples the
+    same rollouts, so the logged rewards and completion lengths are those of the default dynamic cache."""
+    logs = {}
+    for name, compiled in (("dynamic", False), ("static", True)):
+        trainer = _trainer(tmp_path / name, method="grto", steps=1, compile_generation=compiled)
+        assert trainer.generation_config.cache_implementation == ("static" if compiled else None)
+        assert trainer.generation_config.disable_compile is not compiled
+        trainer.train()
+        logs[name] = {k: v for k, v in trainer.state.log_history[0].items()
+                      if k.startswith(("rewards/", "completions/")) or k == "reward"}
+    assert logs["static"] == logs["dynamic"] and logs["static"]["completions/mean_length"] > 20

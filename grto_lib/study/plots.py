@@ -3,11 +3,17 @@ training plot and an explorer of rollout groups. Every figure function returns i
 """
 from __future__ import annotations
 
+import base64
+import io
+import textwrap
+
 import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
 from transformers import TrainerCallback
+
+from grto_lib.geometry import box_on_target
 
 PRED_RGB = (1.0, 0.0, 0.85)
 """The tool's mask: magenta, a colour none of the synthetic scenes uses."""
@@ -59,11 +65,12 @@ def _legend(fig, *, pred: bool, box: bool, points: bool) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
 
 
-def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, columns: int = 4, title=None):
+def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, columns: int = 4, title=None,
+                panel=(3.2, 3.9)):
     """A grid of samples (targets outlined), with optional predicted masks, boxes, points, panel titles, a
-    figure title and a legend."""
+    figure title and a legend; ``panel``: each panel's (width, height) in inches, its title included."""
     rows = int(np.ceil(len(samples) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows + 0.6), squeeze=False,
+    fig, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns, panel[1] * rows + 0.6), squeeze=False,
                              layout="constrained")
     for k, ax in enumerate(axes.flat):
         if k >= len(samples):
@@ -80,17 +87,18 @@ def sample_grid(samples, *, preds=None, boxes=None, points=None, titles=None, co
 
 def qualitative_grid(samples, records, columns: int = 4, title=None):
     """Evaluation records (``evaluate_policy(..., return_records=True)``): query, reasoning, box, mask, IoU."""
-    titles = [f"{r['query']}\n{_reasoning(r['completion'])}\nIoU {r['iou']:.2f}" for r in records]
+    titles = [f"{r['query']}\n{_reasoning(r['completion'], 40)}\nIoU {r['iou']:.2f}" for r in records]
     return sample_grid(samples, preds=[r["mask"] for r in records],
                        boxes=[r["box"] if r["valid"] else None for r in records],
                        points=[r["points"] if r["valid"] else None for r in records], titles=titles, columns=columns,
                        title=title)
 
 
-def _reasoning(completion: str, limit: int = 40) -> str:
-    """The end of the thought, where the stand-in reads the query and picks (``... means X = pick``)."""
+def _reasoning(completion: str, width: int) -> str:
+    """The end of the thought, where the stand-in reads the query and picks (``... means X = pick``), whole,
+    wrapped to lines of at most ``width`` characters."""
     text = completion.split("</think>")[0].replace("<think>", "").strip().split(" means ")[-1]
-    return (text[:limit] + "...") if len(text) > limit else text
+    return textwrap.fill(text, width, break_long_words=False)
 
 
 def plot_curve(values, *, label: str = "", xlabel: str = "step", ylabel: str = "", smooth: int = 1, ax=None):
@@ -117,7 +125,7 @@ def plot_learning_curves(curves: dict, *, metric: str = "giou", reference: dict 
     for ax, xlabel in zip(axes, ("RL step", "wall time (s, BTO included)")):
         for name, value in (reference or {}).items():
             ax.axhline(value, linestyle="--", linewidth=1, color="grey")
-            ax.text(ax.get_xlim()[0], value, f" {name}", va="bottom", fontsize=7, color="grey")
+            ax.text(ax.get_xlim()[0], value, f" {name}", va="bottom", fontsize=9, color="grey")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric}")
         ax.grid(alpha=0.3)
@@ -171,35 +179,44 @@ class LivePlot(TrainerCallback):
 
 
 def rollout_group_figure(sample, group, columns: int = 4):
-    """One sample's G rollouts: box, points, the tool's mask, total reward, advantage and the reading."""
+    """One test prompt's G sampled rollouts, scored as training scores them: each panel shows the box, points and
+    the tool's mask, the reward terms (weighted by ``RewardWeights``), their total r, the group advantage A,
+    whether the box is on target (box IoU > 0.5: the rollouts the tool trains on, ``on_target``) and the
+    policy's reading, whole."""
+    boxes = [np.zeros(4) if r["box"] is None else r["box"] for r in group]
+    on_target = box_on_target(boxes, [sample.mask] * len(group))
+    titles = [f"r = {sum(r['rewards'].values()):.2f}   A = {r['advantage']:+.2f}   "
+              f"{'invalid' if not r['valid'] else 'on target' if hit else 'off target'}\n"
+              + textwrap.fill("  ".join(f"{k} {v:.2f}" for k, v in r["rewards"].items()), 34) + "\n"
+              + _reasoning(r["completion"], 34) for r, hit in zip(group, on_target)]
     return sample_grid([sample] * len(group), preds=[r["mask"] for r in group], boxes=[r["box"] for r in group],
-                       points=[r["points"] for r in group], columns=columns, title=sample.query,
-                       titles=[f"r = {sum(r['rewards'].values()):.2f}, A = {r['advantage']:+.2f}\n"
-                               f"{_reasoning(r['completion'], 30)}" for r in group])
+                       points=[r["points"] for r in group], columns=columns, titles=titles, panel=(2.4, 3.6),
+                       title=f"{sample.query}: {len(group)} rollouts (weighted reward terms, total r, advantage A)")
 
 
-def rollout_explorer(samples, groups):
-    """ipywidgets browser: a slider over samples, showing the G rollouts of each with their rewards.
+def rollout_explorer(samples, groups, dpi: int = 100):
+    """ipywidgets browser of rollout groups: a slider over the samples, the figure of each one's G rollouts
+    (``rollout_group_figure``) in an ``Image`` widget (no ``Output`` capture: papermill-safe).
 
-    ``groups[i]``: list of dicts with ``completion``, ``box``, ``points``, ``mask`` (or None), ``rewards``
-    (term -> weighted value) and ``advantage`` for sample i, e.g. from ``evaluate.rollout_groups``. Each
-    figure is rendered to a PNG shown in an ``Image`` widget (no ``Output`` capture: papermill-safe).
+    ``groups[i]``: the rollouts of ``samples[i]``, dicts with ``completion``, ``valid``, ``box``, ``points``,
+    ``mask`` (or None), ``rewards`` (term -> weighted value) and ``advantage``, as ``evaluate.rollout_groups``
+    makes them. The slider redraws only while the notebook's kernel runs; the output also carries the first
+    figure as a plain PNG, which a notebook viewer without the widget (or an untrusted notebook) shows instead.
     """
-    import io
-
     import ipywidgets as widgets
     from IPython.display import display
 
     def png(i: int) -> bytes:
         fig = rollout_group_figure(samples[i], groups[i])
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        fig.savefig(buffer, format="png", dpi=dpi)
         plt.close(fig)
         return buffer.getvalue()
 
+    first = png(0)
     slider = widgets.IntSlider(min=0, max=len(samples) - 1, description="sample")
-    image = widgets.Image(value=png(0), format="png")
+    image = widgets.Image(value=first, format="png")
     slider.observe(lambda change: setattr(image, "value", png(change["new"])), names="value")
     box = widgets.VBox([slider, image])
-    display(box)
+    display({**box._repr_mimebundle_(), "image/png": base64.b64encode(first).decode()}, raw=True)
     return box

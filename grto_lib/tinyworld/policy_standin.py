@@ -56,7 +56,7 @@ from scipy import ndimage
 from grto_lib.data import NAMES, load_dataset
 from grto_lib.geometry import mask_to_box
 from grto_lib.policy import build_tiny_policy
-from grto_lib.prompts import build_messages, format_answer, policy_view
+from grto_lib.prompts import TINY_SYSTEM_PROMPT, build_messages, format_answer, policy_view
 from grto_lib.tinyworld.drawing import SHAPES
 from grto_lib.tinyworld.worlds import RELATIONS, query_corpus
 
@@ -286,7 +286,7 @@ def supervised_batch(processor, examples, policy_image_size: int = IMAGE_SIZE) -
     texts, images, completion_lengths = [], [], []
     for sample, completion in examples:
         if sample.query not in prompt:
-            messages = build_messages(sample.query)
+            messages = build_messages(sample.query, TINY_SYSTEM_PROMPT)
             prompt[sample.query] = processor.apply_chat_template(messages, add_generation_prompt=True)
         completion = completion + tokenizer.eos_token
         completion_lengths.append(len(tokenizer(completion, add_special_tokens=False)["input_ids"]))
