@@ -51,7 +51,15 @@ def box_on_target(boxes, masks, min_iou: float = 0.5) -> np.ndarray:
     """[N] bool: whether box ``i`` (``[x1, y1, x2, y2]`` in pixels of ``masks[i]``) matches the target's tight box,
     box IoU > ``min_iou`` (the box-accuracy criterion). A box around the target and its neighbour, or around half
     of it, does not: from such a prompt a tool that never sees the query cannot tell what to segment. An empty
-    target is never matched."""
+    target is never matched. A mask given for several boxes (a group's rollouts share their image's) has its
+    tight box derived once."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.array([bool(np.any(mask)) and box_iou(box, mask_to_box(np.asarray(mask, dtype=bool))) > min_iou
-                     for box, mask in zip(boxes, masks)], dtype=bool)
+    targets: dict[int, tuple] = {}  # id(mask) -> (mask, its tight box or None); holding the mask keeps its id
+    hits = []
+    for box, mask in zip(boxes, masks):
+        if id(mask) not in targets:
+            m = np.asarray(mask, dtype=bool)
+            targets[id(mask)] = (mask, mask_to_box(m) if m.any() else None)
+        target = targets[id(mask)][1]
+        hits.append(target is not None and box_iou(box, target) > min_iou)
+    return np.array(hits, dtype=bool)
