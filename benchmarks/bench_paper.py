@@ -5,7 +5,7 @@ What it builds (no weights can be downloaded on the benchmark machine, so everyt
 * policy: ``Qwen2_5_VLForConditionalGeneration`` with Qwen2.5-VL-3B-Instruct's architecture
   (``QWEN25_VL_3B`` below, copied from the model's published ``config.json``), bf16, 840 px square views
   (30 x 30 = 900 merged image tokens), LoRA r=16 via ``grto_lib.policy.wrap_lora``;
-* processor: ``grto_lib.policy.TinyQwenProcessor`` around transformers' ``Qwen2VLImageProcessor``
+* processor: ``grto_lib.tinyworld.tiny_qwen.TinyQwenProcessor`` around transformers' ``Qwen2VLImageProcessor``
   (Qwen's real image pipeline: 14 px patches, 2 x 2 merge) and the tiny world's word-level tokenizer (Qwen's
   tokenizer files are not available offline). The model keeps Qwen's 151,936-entry vocabulary, so the output
   layer costs what it costs in the real model; sampled ids outside the small tokenizer decode to nothing;
@@ -200,7 +200,7 @@ def build_processor(dataset, policy_px: int):
     """Qwen's image processor (840 px -> 60 x 60 patches of 14 px) + the tiny world's tokenizer."""
     from transformers import Qwen2VLImageProcessor
 
-    from grto_lib.policy import CHAT_TEMPLATE, TinyQwenProcessor, build_tokenizer
+    from grto_lib.tinyworld.tiny_qwen import CHAT_TEMPLATE, TinyQwenProcessor, build_tokenizer
 
     pixels = policy_px * policy_px
     image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2,
@@ -210,7 +210,7 @@ def build_processor(dataset, policy_px: int):
 
 
 def special_ids(tokenizer) -> list[int]:
-    from grto_lib.policy import SPECIAL_TOKENS
+    from grto_lib.tinyworld.tiny_qwen import SPECIAL_TOKENS
     return sorted(set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
 
 

@@ -24,7 +24,7 @@ from grto_lib.fast_qwen import disable_fast_paths, enable_fast_paths
 
 
 def supervised(device: str, batch_size: int, batches: int, steps: int, rounds: int) -> dict:
-    from grto_lib.policy import build_tiny_policy
+    from grto_lib.tinyworld.tiny_qwen import build_tiny_policy
     from grto_lib.tinyworld.policy_standin import MODEL_SIZES, WORLD_SHARES, WeakLabelMixture, build_batches, standin_corpus
 
     model, processor = build_tiny_policy(standin_corpus(), **MODEL_SIZES)

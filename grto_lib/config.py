@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,14 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DATASETS = ("reasonseg", "cod", "earthreason")
 PRESETS = ("tiny", "paper")
 POLICY_TRAIN = ("decoder", "all")
+CHOICES = {"method": METHODS, "loss_type": LOSS_TYPES, "scale_rewards": SCALES, "tool_loss": TOOL_LOSS_KINDS,
+           "tool_weighting": WEIGHT_SCHEMES, "dataset": DATASETS, "preset": PRESETS, "policy_train": POLICY_TRAIN}
+"""``TrainConfig``'s fields with a fixed set of values."""
+POSITIVE = ("steps", "prompts_per_step", "num_generations", "max_completion_length", "bto_prompts", "bto_steps",
+            "bto_generations", "bto_batch", "train_size", "eval_size", "image_size", "generate_every", "save_steps",
+            "curve_size", "logging_steps")
+NON_NEGATIVE = ("policy_lr", "warmup_steps", "clip_epsilon", "beta", "temperature", "tool_lr", "tool_loss_weight",
+                "tool_max_grad_norm", "bto_lr", "rl_prompts", "curve_every")
 
 
 def is_source_checkout(folder: Path) -> bool:
@@ -81,24 +90,31 @@ def model_location(name_or_path: str, what: str = "policy_path") -> str:
                          f"(`huggingface-cli download {name_or_path}` where there is network) or give its folder")
     return str(name_or_path)
 
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (as ``TrainConfig`` documents its fields), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {field.target.id: " ".join(doc.value.value.split()) for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)}
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines one GRPO / GRTO / B-GRTO run."""
+    """Everything that defines one GRPO / GRTO / B-GRTO run. The first three groups are the method; every field
+    that changes the algorithm is here, nothing is hard-coded in ``train``."""
 
-    # --- the method -----------------------------------------------------------------------------------------------
+    # --- the method: GRPO on the policy -----------------------------------------------------------------------
     method: str = "b-grto"
     """grpo: tool frozen | grto: tool trained on the rollouts | b-grto: BTO bootstrap, then GRTO."""
-
-    # --- GRPO: the policy -----------------------------------------------------------------------------------------
     steps: int = 100
     """Optimizer steps."""
     prompts_per_step: int = 8
     """Distinct prompts (images + queries) per step and per process; each gets ``num_generations`` rollouts
     (N processes make a step of N x prompts_per_step prompts)."""
-    rl_prompts: int = 0
-    """RL cycles through the first N prompts of the training order, epoch after epoch (0: all ``train_size``,
-    each seen about once). N = 5 x ``prompts_per_step`` makes the first and the last 5 steps of a run see the
-    same prompts, so their mean rewards compare the policy, not the draw (BTO still uses the whole set)."""
     num_generations: int = 8
     """G: rollouts per prompt, the group the advantages are relative to."""
     policy_lr: float = 5e-5
@@ -108,10 +124,6 @@ class TrainConfig:
     constant)."""
     clip_epsilon: float = 0.2
     """epsilon of the clipped ratio, clip(rho, 1 - epsilon, 1 + epsilon)."""
-    policy_train: str = "decoder"
-    """Which policy weights RL updates (without LoRA): decoder (the language model's decoder layers, attention
-    and MLP; the vision tower, token embeddings and output head keep their pretrained values, as under the paper
-    preset's LoRA) | all."""
     beta: float = 0.0
     """KL coefficient towards the reference policy (0: no reference model is kept)."""
     loss_type: str = "grpo"
@@ -127,11 +139,8 @@ class TrainConfig:
     model's reasoning, about 100-300 tokens in Seg-Zero-style R1 training, plus a 30-40-token answer)."""
     reward_weights: dict = field(default_factory=dict)
     """Overrides of grto_lib.rewards.RewardWeights fields, e.g. {"mask": 2.0}."""
-    box_threshold: float | None = None
-    """None: the box reward is the box IoU. A number t: the indicator IoU > t (Seg-Zero uses 0.5), which pays
-    nothing for a box that only grazes the target (the IoU pays an inflated box partial credit)."""
 
-    # --- GRTO: the tool -------------------------------------------------------------------------------------------
+    # --- the method: GRTO on the tool (grto, b-grto) ----------------------------------------------------------
     tool_lr: float = 3e-4
     """Tool (mask decoder) learning rate, its own Adam optimizer."""
     tool_loss_weight: float = 1.0
@@ -146,13 +155,9 @@ class TrainConfig:
     tool_max_grad_norm: float = 1.0
     """Largest norm of the tool's gradient per update, in GRTO and BTO (larger ones are scaled down to it)."""
 
-    # --- BTO: the bootstrap (b-grto only) -------------------------------------------------------------------------
+    # --- the method: BTO, the bootstrap (b-grto only) ---------------------------------------------------------
     bto_prompts: int = 1024
     """Prompts whose reference-policy rollouts fill the BTO buffer."""
-    bto_generations: int = 1
-    """Rollouts per prompt in the BTO buffer. The tool learns more from distinct images than from repeated
-    rollouts of one: at 1,024 rollouts, 1,024 prompts x 1 gave B-GRTO +0.05 test gIoU over 128 x 8 (3 settings,
-    3 seeds each; docs/benchmarks.md 7.7), at the same cost."""
     bto_steps: int = 200
     """Off-policy tool updates on the buffer."""
     bto_batch: int = 64
@@ -160,7 +165,20 @@ class TrainConfig:
     bto_lr: float = 1e-3
     """Tool learning rate during BTO."""
 
-    # --- data -----------------------------------------------------------------------------------------------------
+    # --- variants of the method that docs/benchmarks.md measures (the defaults are the method) ----------------
+    policy_train: str = "decoder"
+    """Which policy weights RL updates (without LoRA): decoder (the language model's decoder layers, attention
+    and MLP; the vision tower, token embeddings and output head keep their pretrained values, as under the paper
+    preset's LoRA) | all."""
+    box_threshold: float | None = None
+    """None: the box reward is the box IoU. A number t: the indicator IoU > t (Seg-Zero uses 0.5), which pays
+    nothing for a box that only grazes the target (the IoU pays an inflated box partial credit)."""
+    bto_generations: int = 1
+    """Rollouts per prompt in the BTO buffer. The tool learns more from distinct images than from repeated
+    rollouts of one: at 1,024 rollouts, 1,024 prompts x 1 gave B-GRTO +0.05 test gIoU over 128 x 8 (3 settings,
+    3 seeds each; docs/benchmarks.md 7.7), at the same cost."""
+
+    # --- the setting: data and models -------------------------------------------------------------------------
     dataset: str = "reasonseg"
     """Setting: reasonseg | cod | earthreason."""
     data_root: str | None = None
@@ -169,14 +187,6 @@ class TrainConfig:
     test_data_root: str | None = None
     """Real data only: a separate folder for the test split (COD releases ship train and test as separate
     folders, e.g. ``TrainDataset`` and ``TestDataset/COD10K``). None: ``data_root``."""
-    train_size: int = 2000
-    """Synthetic training samples (ignored for real data)."""
-    eval_size: int = 200
-    """Test samples used by the final evaluation (and the first ``curve_size`` for learning curves)."""
-    image_size: int = 128
-    """Side of synthetic images in pixels."""
-
-    # --- models ---------------------------------------------------------------------------------------------------
     preset: str = "tiny"
     """tiny: the tiny world's stand-ins (CPU, minutes) | paper: Qwen2.5-VL-3B + LoRA and SAM ViT-H."""
     policy_path: str | None = None
@@ -191,7 +201,19 @@ class TrainConfig:
     """paper preset without ``tool_checkpoint``: build SAM ViT-H with random weights instead of refusing to run.
     For benchmarks of speed and memory only: a random tool makes every mask reward meaningless."""
 
-    # --- compute (memory and speed; micro_batch and compile_generation keep the numbers) --------------------------
+    # --- the tiny world and the study (synthetic data sizes, the prompt pool) ---------------------------------
+    train_size: int = 2000
+    """Synthetic training samples (ignored for real data)."""
+    eval_size: int = 200
+    """Test samples used by the final evaluation (and the first ``curve_size`` for learning curves)."""
+    image_size: int = 128
+    """Side of synthetic images in pixels."""
+    rl_prompts: int = 0
+    """RL cycles through the first N prompts of the training order, epoch after epoch (0: all ``train_size``,
+    each seen about once). N = 5 x ``prompts_per_step`` makes the first and the last 5 steps of a run see the
+    same prompts, so their mean rewards compare the policy, not the draw (BTO still uses the whole set)."""
+
+    # --- compute: memory and speed (micro_batch and compile_generation keep the numbers) ----------------------
     micro_batch: int | None = None
     """Completions per policy forward/backward (TRL's per_device_train_batch_size); a step still generates all
     prompts_per_step * num_generations completions at once and accumulates the loss over micro-batches.
@@ -208,7 +230,7 @@ class TrainConfig:
     Experimental: on an H200 the compiled decoding ran 3x faster alone, but inside the trainer sampling failed on
     NaN probabilities (docs/benchmarks.md, section 8), so it is off by default."""
 
-    # --- bookkeeping ----------------------------------------------------------------------------------------------
+    # --- bookkeeping ------------------------------------------------------------------------------------------
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
     output_dir: str = "outputs/run"
@@ -228,52 +250,53 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the field and its allowed values."""
-        choices = {
-            "method": METHODS, "loss_type": LOSS_TYPES, "scale_rewards": SCALES, "tool_loss": TOOL_LOSS_KINDS,
-            "tool_weighting": WEIGHT_SCHEMES, "dataset": DATASETS, "preset": PRESETS, "policy_train": POLICY_TRAIN,
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"TrainConfig.{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-        positive_ints = ("train_size", "eval_size", "steps", "prompts_per_step", "num_generations",
-                         "max_completion_length", "bto_prompts", "bto_generations", "bto_batch", "save_steps",
-                         "curve_size", "logging_steps", "image_size", "generate_every")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if isinstance(self.rl_prompts, bool) or not isinstance(self.rl_prompts, int) or self.rl_prompts < 0:
-            raise ValueError(f"TrainConfig.rl_prompts must be 0 (all) or a positive integer, got {self.rl_prompts!r}")
+        """Raise ValueError naming the field and its allowed values (types, ranges, choices; no file is read:
+        ``check_paths`` checks the paths)."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            allowed = typing.get_args(hint) or (hint,)  # int | None -> (int, NoneType)
+            accepted = (*allowed, int) if float in allowed else allowed  # 1 is a fine learning rate
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in allowed):
+                kinds = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"TrainConfig.{f.name} must be {kinds}, got {value!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not allowed; choose one of "
+                                 f"{', '.join(allowed)}")
+        for names, low, what in ((POSITIVE, 1, "a positive integer"), (NON_NEGATIVE, 0, "non-negative")):
+            for name in names:
+                if getattr(self, name) is not None and getattr(self, name) < low:
+                    raise ValueError(f"TrainConfig.{name} must be {what}, got {getattr(self, name)!r}")
         total = self.prompts_per_step * self.num_generations
-        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
-                                             or self.micro_batch < 1 or total % self.micro_batch):
+        if self.micro_batch is not None and (self.micro_batch < 1 or total % self.micro_batch):
             raise ValueError(f"TrainConfig.micro_batch={self.micro_batch!r} must be a positive divisor of "
                              f"prompts_per_step * num_generations = {total}")
         if self.num_generations < 2:
             raise ValueError("TrainConfig.num_generations must be >= 2: advantages are relative to the group")
-        for name in ("policy_lr", "tool_lr", "bto_lr", "beta", "tool_loss_weight", "temperature",
-                     "tool_max_grad_norm", "clip_epsilon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
         threshold = self.box_threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not 0 <= threshold < 1):
+        if threshold is not None and not 0 <= threshold < 1:
             raise ValueError(f"TrainConfig.box_threshold must be None or a number in [0, 1), got {threshold!r}")
         from .rewards import RewardWeights
         known = {f.name for f in dataclasses.fields(RewardWeights)}
-        if not isinstance(self.reward_weights, dict) or set(self.reward_weights) - known:
+        if set(self.reward_weights) - known:
             raise ValueError(f"TrainConfig.reward_weights={self.reward_weights!r}: keys must be among {sorted(known)}")
+        if self.test_data_root is not None and self.data_root is None:
+            raise ValueError("TrainConfig.test_data_root needs data_root (synthetic data has its own test split)")
+        if self.preset == "paper" and self.tool_checkpoint is None and not self.random_tool:
+            raise ValueError(
+                f"TrainConfig(preset='paper') needs tool_checkpoint: the path of SAM ViT-H's official checkpoint "
+                f"{SAM_VIT_H_CHECKPOINT} (download it from {SAM_VIT_H_URL}) or of a folder written by save_tool. "
+                f"random_tool=True runs a randomly initialised ViT-H instead, for speed and memory benchmarks only")
+
+    def check_paths(self) -> None:
+        """Raise ValueError naming the field when a path it gives does not hold what it should (run before any
+        work: ``train``, ``runs.load_models`` and ``runs.load_splits`` call it; a config can be built and saved on
+        a machine without the data)."""
         for name in ("data_root", "test_data_root"):
             value = getattr(self, name)
             if value is not None and not repo_path(value).is_dir():
                 raise ValueError(f"TrainConfig.{name}={value!r} is not a folder (None = synthetic data)")
-        if self.test_data_root is not None and self.data_root is None:
-            raise ValueError("TrainConfig.test_data_root needs data_root (synthetic data has its own test split)")
         if self.policy_path is not None:
             model_location(self.policy_path, "TrainConfig.policy_path")
         if self.tool_checkpoint is not None:
@@ -281,11 +304,6 @@ class TrainConfig:
             if not (checkpoint.is_file() or (checkpoint / "tool_config.json").is_file()):
                 raise ValueError(f"TrainConfig.tool_checkpoint={self.tool_checkpoint!r}: {checkpoint} is neither a "
                                  f"checkpoint file (.pth, .safetensors) nor a folder written by save_tool")
-        elif self.preset == "paper" and not self.random_tool:
-            raise ValueError(
-                f"TrainConfig(preset='paper') needs tool_checkpoint: the path of SAM ViT-H's official checkpoint "
-                f"{SAM_VIT_H_CHECKPOINT} (download it from {SAM_VIT_H_URL}) or of a folder written by save_tool. "
-                f"random_tool=True runs a randomly initialised ViT-H instead, for speed and memory benchmarks only")
 
     @property
     def trains_tool(self) -> bool:

@@ -1,4 +1,4 @@
-"""Evaluation: the policy + tool pipeline, and the oracle (the tool prompted with ground-truth boxes).
+"""Evaluation: the policy + tool pipeline, and the tool alone prompted with ground-truth boxes.
 
 Greedy decoding, one completion per sample. Every sample is scored: an unparseable answer is an empty mask
 (IoU 0) and counts in ``format_valid``'s denominator; nothing is dropped (``n_missing`` says how many).
@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .generation import generate_completions, max_new_tokens_for
+from .generation import generate_completions
 from .geometry import box_iou, box_on_target, mask_to_box
 from .metrics import cod_scores, mask_iou, segmentation_scores
 from .scorer import RolloutScorer
@@ -78,8 +78,11 @@ def evaluate_policy(policy, processor, tool, dataset, policy_image_size: int, *,
     return scores, records
 
 
-def evaluate_oracle(tool, dataset, *, indices=None, with_cod=None) -> dict:
-    """The ceiling: the tool prompted with each target's ground-truth box."""
+def evaluate_true_boxes(tool, dataset, *, indices=None, with_cod=None) -> dict:
+    """The tool alone, prompted with each target's ground-truth box (its tight bounding box, no points).
+
+    Not a ceiling of the method: it scores the tool as it is now, so an untrained tool shows how well it segments
+    from a perfect box; GRTO and BTO train the tool and can exceed the untrained tool's score."""
     indices = _subset(dataset, indices)
     samples = [dataset[i] for i in indices]
     boxes = np.stack([mask_to_box(s.mask) for s in samples])
@@ -218,13 +221,27 @@ def markdown_table(rows: dict[str, dict], digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRUE_BOXES_ROW = "untrained_tool_true_boxes"
+"""The row name of the tool before any training, prompted with ground-truth boxes (``evaluate_true_boxes``)."""
+
+
+def reference_rows(config) -> dict:
+    """The two rows before RL on ``config``'s test split: ``reference`` (the stand-in policy and tool,
+    ``evaluate_policy``) and ``TRUE_BOXES_ROW`` (the same tool from ground-truth boxes)."""
+    from .runs import load_models, load_splits
+
+    _, test_set = load_splits(config)
+    policy, processor, tool, size = load_models(config)
+    return {"reference": evaluate_policy(policy, processor, tool, test_set, size),
+            TRUE_BOXES_ROW: evaluate_true_boxes(tool, test_set)}
+
+
 def main(argv=None) -> None:
-    """``python -m grto_lib.evaluate``: the reference (stand-in policy + tool) and oracle rows of each setting."""
+    """``python -m grto_lib.evaluate``: the rows before RL (``reference_rows``) of each setting."""
     import argparse
     import json
 
     from .config import DATASETS, TrainConfig
-    from .runs import load_models, load_splits
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -233,12 +250,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     results = {}
     for dataset in args.datasets:
-        config = TrainConfig(dataset=dataset, eval_size=args.eval_size)
-        _, test_set = load_splits(config)
-        policy, processor, tool, size = load_models(config)
-        results[dataset] = {"reference": evaluate_policy(policy, processor, tool, test_set, size),
-                            "oracle": evaluate_oracle(tool, test_set)}
-        print(f"## {dataset} (test, {len(test_set)} samples)\n" + markdown_table(results[dataset]), flush=True)
+        results[dataset] = reference_rows(TrainConfig(dataset=dataset, eval_size=args.eval_size))
+        print(f"## {dataset} (test, {args.eval_size} samples)\n" + markdown_table(results[dataset]), flush=True)
     print(json.dumps(results, indent=1))
 
 

@@ -72,7 +72,7 @@ def completion_logprobs(model, processor, sample, completions: list[str], policy
     it, which TRL counts as a completion token too; a completion cut at the length limit had none, so this
     assumes every completion ended on its own (the tiny stand-in's stop far below the limit).
     Returns ``(logps [G, T], mask [G, T])``, right-padded, differentiable w.r.t. the policy: the quantities
-    TRL's GRPO loss is built from (``losses.grpo_token_loss``, ``losses.clipped_policy_loss``).
+    TRL's GRPO loss is built from (``losses.clipped_policy_loss``).
     """
     tokenizer = _tokenizer(processor)
     device = next(model.parameters()).device

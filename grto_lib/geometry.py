@@ -1,4 +1,5 @@
-"""Boxes and points derived from masks: the ground truth the rewards and the oracle compare against."""
+"""Boxes and points derived from masks: the ground truth that the rewards compare against and that
+``evaluate.evaluate_true_boxes`` prompts the tool with."""
 from __future__ import annotations
 
 import numpy as np

@@ -4,10 +4,9 @@ Notation: a batch of B completions, G per prompt (consecutive), T completion tok
 
 * ``group_advantages``: A_i = (r_i - mean_{g(i)} r) / (std r + eps), as TRL 1.16's GRPOTrainer computes them.
 * ``clipped_policy_loss``: the paper's GRPO objective in a few lines (the clipped-ratio surrogate, each
-  completion's tokens averaged, then the completions).
-* ``grpo_token_loss``: TRL 1.16's ``GRPOTrainer._compute_loss`` for loss types grpo, bnpo, dr_grpo, dapo,
-  given per-token log-probabilities (no model): the clipped-ratio surrogate plus the optional k3 KL term. With
-  the trainer's defaults (``loss_type="grpo"``, no KL, one micro-batch) it equals ``clipped_policy_loss``.
+  completion's tokens averaged, then the completions). The trainer runs TRL's own loss, which equals it under
+  the trainer's defaults (``loss_type="grpo"``, no KL) up to TRL's division by the gradient-accumulation steps;
+  tests/test_losses.py checks value and gradient against TRL's code.
 * ``tool_loss``: the differentiable stand-in for the mask reward, per rollout (BCE + soft Dice, or soft IoU).
 * ``tool_loss_selection`` / ``tool_loss_weights``: which per-rollout tool losses count and how they are averaged.
   Since sampling o ~ pi_theta does not depend on the tool's parameters phi, grad_phi J = E_o[grad_phi r_mask]
@@ -15,7 +14,7 @@ Notation: a batch of B completions, G per prompt (consecutive), T completion tok
   the default, ``on_target``, keeps only rollouts whose box covers the target (biased, but the tool cannot read
   the query); the others are ablations.
 
-The GRTO surrogate is L = grpo_token_loss(...) + lambda * sum_i w_i tool_loss_i, with w = tool_loss_weights(...),
+The GRTO surrogate is L = clipped_policy_loss(...) + lambda * sum_i w_i tool_loss_i, with w = tool_loss_weights(...),
 the advantages computed from stop-gradient rewards and the tool prompted with stop-gradient parsed answers.
 """
 from __future__ import annotations
@@ -95,126 +94,6 @@ def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages
     per_token = torch.min(ratio * a, ratio.clamp(1 - epsilon, 1 + epsilon) * a)
     per_completion = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)
     return -per_completion.mean()
-
-
-def grpo_token_loss(
-    per_token_logps: torch.Tensor,
-    old_per_token_logps: torch.Tensor | None,
-    advantages: torch.Tensor,
-    completion_mask: torch.Tensor,
-    *,
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    loss_type: str = "dapo",
-    beta: float = 0.0,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    num_items_in_batch=None,
-    num_processes: int = 1,
-    gradient_accumulation_steps: int = 1,
-    steps_per_generation: int | None = None,
-    importance_sampling_level: str = "token",
-    delta: float | None = None,
-    use_bias_correction_kl: bool = True,
-) -> torch.Tensor:
-    r"""The policy loss of one micro-batch, identical to TRL 1.16's ``GRPOTrainer._compute_loss``.
-
-    Per token (``importance_sampling_level="token"``; ``"sequence"`` uses one ratio per completion,
-    exp of the masked mean of the log-ratios, GSPO):
-
-        rho_{i,t} = exp(logp_{i,t} - logp^{old}_{i,t})
-        l_{i,t}   = -min(rho'_{i,t} A_i, clip(rho_{i,t}, 1 - eps_low, 1 + eps_high) A_i) + beta * kl_{i,t}
-        kl_{i,t}  = exp(ref_{i,t} - logp_{i,t}) - (ref_{i,t} - logp_{i,t}) - 1          (k3 estimator)
-
-    with rho' = min(rho, delta) when ``delta`` is set (two-sided clipping), else rho, and kl multiplied by
-    rho (differentiable, so it changes the KL gradient even on-policy) when ``use_bias_correction_kl``
-    (TRL's default). Then, with m the mask and k = ``gradient_accumulation_steps``:
-
-        grpo:    L = (1/B) sum_i [sum_t m l / max(sum_t m, 1)] / k
-        bnpo:    L = [sum_{i,t} m l / max(sum_{i,t} m, 1)] / k
-        dr_grpo: L = [sum_{i,t} m l / (B * max_completion_length)] / k
-        dapo:    L = sum_{i,t} m l / (max(N, 1) / P * k / S)
-
-    where, for dapo, N = ``num_items_in_batch`` is the number of unmasked completion tokens of the whole
-    *generation* batch summed over all P = ``num_processes`` processes (TRL gathers ``loss_mask.sum()``),
-    and S = ``steps_per_generation`` (TRL's default: S = k). Data-parallel gradient averaging divides by P
-    again, so the optimizer sees sum over every token of the step / N. ``num_items_in_batch=None`` means
-    this micro-batch is everything (N = sum m, P = k = S = 1 reproduces bnpo).
-
-    Args:
-        per_token_logps: [B, T] log pi_theta of the completion tokens (with gradient).
-        old_per_token_logps: [B, T] log pi_old, or ``None`` for on-policy (TRL then uses ``per_token_logps.detach()``).
-        advantages: [B] (or [B, T]) advantages, no gradient.
-        completion_mask: [B, T] 1 for completion tokens that count (TRL: completion_mask * tool_mask).
-        epsilon_low, epsilon_high: clip range; ``epsilon_high=None`` means ``epsilon_low`` (TRL's ``epsilon``).
-        loss_type: one of ``LOSS_TYPES``.
-        beta: KL coefficient; 0 skips the KL term and needs no reference log-probs.
-        ref_per_token_logps: [B, T] log pi_ref, required when ``beta != 0``.
-        max_completion_length: required for ``dr_grpo``.
-        num_items_in_batch, num_processes, steps_per_generation: dapo's normaliser (see above).
-        gradient_accumulation_steps: TRL's ``current_gradient_accumulation_steps`` in training; in eval TRL
-            uses 1 for every loss type (pass 1, and for dapo also ``steps_per_generation=1``).
-        importance_sampling_level: ``"token"`` or ``"sequence"``.
-        delta: optional upper clamp of the unclipped ratio.
-        use_bias_correction_kl: multiply the KL term by the ratio (TRL default True).
-
-    Not covered (TRL features off by default): off-policy sequence masking, entropy masking and bonus,
-    vLLM importance-sampling correction, MoE auxiliary loss.
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if importance_sampling_level not in ("token", "sequence"):
-        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
-    if per_token_logps.dim() != 2 or completion_mask.shape != per_token_logps.shape:
-        raise ValueError(
-            f"per_token_logps {tuple(per_token_logps.shape)} and completion_mask {tuple(completion_mask.shape)} "
-            "must both be [B, T]"
-        )
-    if beta != 0.0 and ref_per_token_logps is None:
-        raise ValueError("beta != 0 needs ref_per_token_logps")
-    if loss_type == "dr_grpo" and max_completion_length is None:
-        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
-    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
-    steps_per_generation = gradient_accumulation_steps if steps_per_generation is None else steps_per_generation
-    mask = completion_mask
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(1)
-    if old_per_token_logps is None:
-        old_per_token_logps = per_token_logps.detach()
-
-    log_ratio = per_token_logps - old_per_token_logps
-    if importance_sampling_level == "token":
-        log_importance_weights = log_ratio
-    else:
-        log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-    coef_1 = torch.exp(log_importance_weights)
-
-    if beta != 0.0:
-        per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-        if use_bias_correction_kl:
-            per_token_kl = per_token_kl * coef_1
-
-    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
-    if delta is not None:
-        coef_1 = torch.clamp(coef_1, max=delta)
-    per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
-    if beta != 0.0:
-        per_token_loss = per_token_loss + beta * per_token_kl
-
-    if loss_type == "grpo":
-        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-        return loss / gradient_accumulation_steps
-    if loss_type == "bnpo":
-        loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
-        return loss / gradient_accumulation_steps
-    if loss_type == "dr_grpo":
-        loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
-        return loss / gradient_accumulation_steps
-    if num_items_in_batch is None:
-        num_items_in_batch = mask.sum()
-    normalizer = torch.as_tensor(num_items_in_batch, device=per_token_loss.device).clamp(min=1.0) / num_processes
-    normalizer = normalizer * gradient_accumulation_steps / steps_per_generation
-    return (per_token_loss * mask).sum() / normalizer
 
 
 def tool_loss(

@@ -2,8 +2,6 @@
 ``load_splits``), a run's default folder (``run_folder``) and a finished run's models (``load_run``)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from grto_lib.config import REPO_ROOT, TrainConfig, model_location, repo_path
 from grto_lib.data import load_dataset
 from grto_lib.policy import PolicyConfig, load_policy, missing_standin
@@ -20,6 +18,7 @@ def load_models(config: TrainConfig):
     default; the tool from ``tool_checkpoint`` (a ``save_tool`` folder, or a SAM checkpoint file for the paper
     preset's ViT-H) or the tiny stand-in; ``random_tool`` builds the paper preset's ViT-H with random weights.
     """
+    config.check_paths()
     policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper")
     if config.policy_path is not None:
         policy_config.model_name_or_path = model_location(config.policy_path, "TrainConfig.policy_path")
@@ -43,6 +42,7 @@ def load_models(config: TrainConfig):
 
 def load_splits(config: TrainConfig):
     """(train, test) datasets of ``config``: synthetic unless ``data_root`` is set."""
+    config.check_paths()
     if config.data_root is None:
         sizes = {"image_size": config.image_size}
         return (load_dataset(config.dataset, "train", size=config.train_size, seed=config.seed, **sizes),

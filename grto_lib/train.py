@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, bto_buffer
-from .config import TrainConfig, repo_path
+from .config import TrainConfig, field_docs, repo_path
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
 from .policy import no_transformers_progress_bars
@@ -187,7 +187,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     saves, evaluates and returns the metrics (with ``distributed``: whether all processes ended with identical
     policy and tool parameters), the others return ``{}``.
     """
-    config.validate()
+    config.check_paths()
     out = repo_path(config.output_dir)
     _check_run_folder(config, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,26 +297,33 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
     return {k: v for k, v in summary.items() if k != "bto_losses"}
 
 
+@dataclasses.dataclass
+class CommandLine:
+    """The command line's own flags, beside one flag per ``TrainConfig`` field."""
+
+    config: str | None = None
+    """A JSON file of TrainConfig fields; the other flags override it."""
+    threads: int = 1
+    """torch CPU threads (1: what 2-core machines need)."""
+
+
 def parse_args(argv=None) -> tuple[TrainConfig, int]:
-    """``(config, threads)`` from command-line flags: one flag per ``TrainConfig`` field, overriding ``--config``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="a JSON file of TrainConfig fields (command-line flags override it)")
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.name == "reward_weights":
-            parser.add_argument(flag, type=json.loads, default=None, help='JSON, e.g. \'{"mask": 2.0}\'')
-        elif field.type in ("bool",):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-        else:  # "int", "float | None", "str | None", ...: the type before any "| None"
-            kind = {"int": int, "float": float}.get(str(field.type).split(" | ")[0], str)
-            parser.add_argument(flag, type=kind, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: what 2-core machines need)")
-    args = vars(parser.parse_args(argv))
-    threads = args.pop("threads")
-    base = dataclasses.asdict(TrainConfig.from_json(args.pop("config"))) if args.get("config") else {}
-    args.pop("config", None)
-    overrides = {k: (None if v == "None" else v) for k, v in args.items() if v is not None}
-    return TrainConfig(**{**base, **overrides}), threads
+    """``(config, threads)`` from the command line: transformers' dataclass-driven ``HfArgumentParser``, one flag
+    per field of ``TrainConfig`` and ``CommandLine`` (``--micro-batch`` or ``--micro_batch``; the field's docstring
+    is its ``--help``), with the fields of ``--config`` as defaults."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((TrainConfig, CommandLine), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser._option_string_actions["--reward_weights"].type = json.loads  # a dict field, given as JSON
+    for action in parser._actions:
+        action.help = field_docs(TrainConfig).get(action.dest, field_docs(CommandLine).get(action.dest, action.help))
+        action.help = action.help and action.help.replace("%", "%%")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**dataclasses.asdict(TrainConfig.from_json(known.config)))
+    config, options = parser.parse_args_into_dataclasses(argv)
+    return config, options.threads
 
 
 def main(argv=None) -> None:

@@ -22,7 +22,7 @@ def hugging_face_qwen_folder(tmp_path_factory):
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    from grto_lib.policy import CHAT_TEMPLATE, build_tokenizer, tiny_model_config
+    from grto_lib.tinyworld.tiny_qwen import CHAT_TEMPLATE, build_tokenizer, tiny_model_config
 
     folder = tmp_path_factory.mktemp("qwen2_5_vl")
     tokenizer = build_tokenizer(["the red circle", "the shape you could roll"])

@@ -12,21 +12,36 @@ from grto_lib.config import TrainConfig
     ("preset", "huge", "tiny, paper"),
     ("tool_weighting", "top1", "uniform, advantage, positive"),
     ("steps", 0, "positive integer"),
-    ("steps", "10", "positive integer"),
+    ("steps", "10", "must be int"),
+    ("steps", True, "must be int"),
+    ("lora", "yes", "must be bool"),
     ("generate_every", 0, "positive integer"),
-    ("rl_prompts", -1, "0 \\(all\\) or a positive integer"),
+    ("rl_prompts", -1, "non-negative"),
     ("num_generations", 1, "num_generations must be >= 2"),
     ("tool_lr", -1.0, "non-negative"),
-    ("data_root", "/does/not/exist", "is not a folder"),
     ("reward_weights", {"iou": 1.0}, "keys must be among"),
     ("scale_rewards", "std", "group, batch, none"),
     ("box_threshold", 1.0, "None or a number in \\[0, 1\\)"),
-    ("box_threshold", "0.5", "None or a number"),
+    ("box_threshold", "0.5", "must be float or None"),
+    ("micro_batch", 2.0, "must be int or None"),
 ])
 def test_bad_values_raise_with_the_field_name(field, value, message):
     with pytest.raises(ValueError, match=message) as error:
         TrainConfig(**{field: value})
     assert field in str(error.value)
+
+
+def test_paths_are_checked_before_any_work_not_when_a_config_is_built(tmp_path):
+    config = TrainConfig(data_root="/does/not/exist")  # a config may be written where the data is not
+    with pytest.raises(ValueError, match="TrainConfig.data_root='/does/not/exist' is not a folder"):
+        config.check_paths()
+    from grto_lib.runs import load_models, load_splits
+    from grto_lib.train import train
+
+    for work in (load_splits, load_models, train):
+        with pytest.raises(ValueError, match="is not a folder"):
+            work(config)
+    TrainConfig(data_root=str(tmp_path)).check_paths()
 
 
 def test_round_trip_and_unknown_keys(tmp_path):
@@ -77,6 +92,21 @@ def test_command_line_flags_are_typed_like_the_fields(tmp_path):
     assert (config.method, config.steps, config.micro_batch, config.box_threshold) == ("grto", 9, 16, 0.5)
     assert (config.scale_rewards, config.lora, config.reward_weights, threads) == ("none", True, {"mask": 3.0}, 2)
     assert parse_args([])[0] == TrainConfig()
+    assert parse_args(["--lora", "--method", "grpo"])[0] == TrainConfig(lora=True, method="grpo")
+
+
+def test_the_command_line_help_is_each_fields_docstring(capsys):
+    from grto_lib.config import field_docs
+    from grto_lib.train import parse_args
+
+    docs = field_docs(TrainConfig)
+    assert set(docs) == {f.name for f in __import__("dataclasses").fields(TrainConfig)}  # every field documented
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert docs["tool_weighting"][:60] in shown and "torch CPU threads" in shown
+    with pytest.raises(ValueError, match="choose one of grpo, grto, b-grto"):  # TrainConfig's own check
+        parse_args(["--method", "ppo"])
 
 
 def test_grpo_args_compose_with_overrides(tmp_path):
@@ -94,7 +124,7 @@ def test_the_paper_preset_refuses_a_random_tool_unless_asked_before_any_work():
         TrainConfig(preset="paper")
     assert TrainConfig(preset="paper", random_tool=True).tool_checkpoint is None  # benchmarks opt in
     with pytest.raises(ValueError, match="tool_checkpoint='missing.pth'.*neither a checkpoint file"):
-        TrainConfig(preset="paper", tool_checkpoint="missing.pth")
+        TrainConfig(preset="paper", tool_checkpoint="missing.pth").check_paths()
 
 
 def test_a_policy_path_must_be_a_model_folder_or_a_hub_id(tmp_path):
@@ -105,9 +135,9 @@ def test_a_policy_path_must_be_a_model_folder_or_a_hub_id(tmp_path):
                            ("not a model", "neither a model folder .* nor a hub id"),
                            ("Qwen/Qwen2.5-VL-7B-Instruct", "not in the local Hugging Face cache while HF_HUB_OFFLINE")]:
         with pytest.raises(ValueError, match=f"TrainConfig.policy_path=.*{message}"):
-            TrainConfig(policy_path=value)
+            TrainConfig(policy_path=value).check_paths()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    assert TrainConfig(policy_path=str(tmp_path / "empty")).policy_path == str(tmp_path / "empty")
+    TrainConfig(policy_path=str(tmp_path / "empty")).check_paths()
 
 
 def test_one_default_for_the_tool_weighting_and_the_completion_limit_by_preset():

@@ -66,9 +66,9 @@ def tool_loss_weights(advantages, valid, scheme):
     "parse_box": _pasted(rewards.parse_box),
     "tool_loss": "import functools\nfrom grto_lib import losses\ntool_loss = functools.partial(losses.tool_loss)",
     "clipped_policy_loss": """
-from grto_lib.losses import grpo_token_loss
+from grto_lib import losses as L
 def clipped_policy_loss(logps, old_logps, advantages, mask, epsilon=0.2):
-    return grpo_token_loss(logps, old_logps, advantages, mask, epsilon_low=epsilon, loss_type="grpo")""",
+    return L.clipped_policy_loss(logps, old_logps, advantages, mask, epsilon)""",
     "on_target_weights": """
 from grto_lib.geometry import box_on_target
 def on_target_weights(valid, boxes, target_masks):
@@ -234,7 +234,7 @@ def test_every_form_of_borrowing_is_refused(name, tmp_path):
     library = {"group_advantages": losses.group_advantages, "tool_loss_weights": losses.tool_loss_weights,
                "parse_box": rewards.parse_box, "tool_loss": losses.tool_loss, "giou_ciou": metrics.segmentation_scores,
                "clipped_policy_loss": losses.clipped_policy_loss, "on_target_weights": geometry.box_on_target,
-               "score_function_gradient": losses.grpo_token_loss, "tool_gradient": toy.exact_gradient}[name]
+               "score_function_gradient": losses.group_advantages, "tool_gradient": toy.exact_gradient}[name]
     check = getattr(exercises, f"check_{name}")
     path = tmp_path / "pasted.py"
     path.write_text(_pasted(library))

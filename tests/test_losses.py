@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from grto_lib.losses import group_advantages, grpo_token_loss, tool_loss, tool_loss_selection, tool_loss_weights
+from grto_lib.losses import clipped_policy_loss, group_advantages, tool_loss, tool_loss_selection, tool_loss_weights
 
 torch.set_num_threads(1)
 
@@ -57,11 +57,11 @@ def test_group_advantages_rejects_bad_arguments():
         group_advantages(torch.zeros(2, 2), 2)
 
 
-# --- grpo_token_loss: hand-computed ---------------------------------------------------------------------
+# --- clipped_policy_loss: hand-computed ----------------------------------------------------------------
 # Two completions of 3 tokens; the second has 2 real tokens. Ratios pi/pi_old:
 #   row 0 (A = +1): 1, 1.5, 0.5   -> -min(rA, clip(r)A) = -1, -1.2 (clipped), -0.5
 #   row 1 (A = -1): 1.1, 1, (pad) -> +1.1, +1
-# Row sums -2.7 and 2.1; 5 real tokens.
+# Row sums -2.7 and 2.1; rows of 3 and 2 real tokens.
 
 OLD = torch.log(torch.tensor([[0.5, 0.4, 0.6], [0.5, 0.3, 0.9]], dtype=torch.float64))
 RATIOS = torch.tensor([[1.0, 1.5, 0.5], [1.1, 1.0, 1.0]], dtype=torch.float64)
@@ -73,88 +73,24 @@ def logps():
     return (OLD + torch.log(RATIOS)).clone().requires_grad_(True)
 
 
-@pytest.mark.parametrize(
-    "loss_type, kwargs, expected",
-    [
-        ("grpo", {}, (-2.7 / 3 + 2.1 / 2) / 2),
-        ("grpo", {"gradient_accumulation_steps": 2}, (-2.7 / 3 + 2.1 / 2) / 4),
-        ("bnpo", {}, -0.6 / 5),
-        ("dr_grpo", {"max_completion_length": 4}, -0.6 / 8),
-        ("dapo", {}, -0.6 / 5),
-        # 20 tokens in the generation batch, 1 process, 2 accumulation steps, 4 steps per generation: -0.6 / 10
-        ("dapo", {"num_items_in_batch": 20, "gradient_accumulation_steps": 2, "steps_per_generation": 4}, -0.06),
-        # 2 processes: each divides by N / P = 10
-        ("dapo", {"num_items_in_batch": torch.tensor(20), "num_processes": 2}, -0.06),
-    ],
-)
-def test_loss_types_hand_computed(loss_type, kwargs, expected):
-    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type=loss_type, **kwargs)
-    assert loss.item() == pytest.approx(expected)
-
-
-def test_clipped_tokens_get_no_gradient():
+def test_clipped_policy_loss_by_hand():
     lp = logps()
-    grpo_token_loss(lp, OLD, ADV, MASK, loss_type="bnpo").backward()
-    # d(-r A)/d logp = -r A; divided by 5 tokens. Token (0, 1) is clipped (r = 1.5 > 1.2 with A > 0); padding too.
-    expected = -(RATIOS * ADV[:, None]) / 5
-    expected[0, 1] = 0.0
-    expected[1, 2] = 0.0
+    loss = clipped_policy_loss(lp, OLD, ADV, MASK)
+    assert loss.item() == pytest.approx((-2.7 / 3 + 2.1 / 2) / 2)
+    loss.backward()
+    # d/d logp of -rA/|o|/B where unclipped (grad r = r), zero where the clip is active or padded
+    expected = torch.tensor([[-1.0 / 3, 0.0, -0.5 / 3], [1.1 / 2, 1.0 / 2, 0.0]], dtype=torch.float64) / 2
     torch.testing.assert_close(lp.grad, expected)
 
 
-def test_asymmetric_clip_and_delta():
-    # epsilon_high = 0.6 lets the 1.5 ratio through: row 0 becomes -1, -1.5, -0.5
-    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", epsilon_high=0.6)
-    assert loss.item() == pytest.approx((-3.0 + 2.1) / 5)
-    # delta = 1.05 caps the unclipped ratio r' = min(r, 1.05) only:
-    #   row 0 token 1 (A > 0): -min(1.05, clip(1.5) = 1.2) = -1.05
-    #   row 1 token 0 (A < 0): -min(-1.05, -clip(1.1) = -1.1) = 1.1 (the clipped side still wins)
-    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", delta=1.05)
-    assert loss.item() == pytest.approx((-1 - 1.05 - 0.5 + 1.1 + 1.0) / 5)
+def test_clipped_policy_loss_first_update_is_the_score_function():
+    """rho = 1 on the first update after sampling: the gradient is -(1/B) sum_i A_i (1/|o_i|) sum_t grad log pi."""
+    lp = OLD.clone().requires_grad_(True)
+    clipped_policy_loss(lp, OLD, ADV, MASK).backward()
+    torch.testing.assert_close(lp.grad, -ADV[:, None] * MASK / MASK.sum(1, keepdim=True) / 2)
 
 
-def test_on_policy_old_logps_default_to_detached_current():
-    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
-    loss = grpo_token_loss(lp, None, torch.tensor([2.0]), torch.ones(1, 2), loss_type="bnpo")
-    assert loss.item() == pytest.approx(-2.0)  # ratio 1 everywhere
-    loss.backward()
-    torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / 2 tokens
-
-
-def test_kl_term_k3_with_and_without_bias_correction():
-    # ref - logp = log 2 on every token: k3 = 2 - log 2 - 1; zero advantages isolate the KL term.
-    lp = logps()
-    ref = lp.detach() + math.log(2.0)
-    k3 = 1.0 - math.log(2.0)
-    zero = torch.zeros(2, dtype=torch.float64)
-    plain = grpo_token_loss(lp, OLD, zero, MASK, loss_type="bnpo", beta=0.1, ref_per_token_logps=ref,
-                            use_bias_correction_kl=False)
-    assert plain.item() == pytest.approx(0.1 * k3)
-    corrected = grpo_token_loss(lp, OLD, zero, MASK, loss_type="bnpo", beta=0.1, ref_per_token_logps=ref)
-    mean_ratio = (1.0 + 1.5 + 0.5 + 1.1 + 1.0) / 5
-    assert corrected.item() == pytest.approx(0.1 * k3 * mean_ratio)
-
-
-def test_sequence_level_ratio():
-    # one ratio per completion: exp of the masked mean log-ratio; both lie inside [0.8, 1.2]
-    r0 = math.exp(math.log(1.5 * 0.5) / 3)  # 0.9086, on 3 tokens with A = +1
-    r1 = math.exp(math.log(1.1) / 2)  # 1.0488, on 2 tokens with A = -1
-    loss = grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="bnpo", importance_sampling_level="sequence")
-    assert loss.item() == pytest.approx((-3 * r0 + 2 * r1) / 5)
-
-
-def test_grpo_token_loss_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="loss_type must be one of"):
-        grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="ppo")
-    with pytest.raises(ValueError, match="max_completion_length"):
-        grpo_token_loss(logps(), OLD, ADV, MASK, loss_type="dr_grpo")
-    with pytest.raises(ValueError, match="ref_per_token_logps"):
-        grpo_token_loss(logps(), OLD, ADV, MASK, beta=0.1)
-    with pytest.raises(ValueError, match=r"\[B, T\]"):
-        grpo_token_loss(logps(), OLD, ADV, MASK[:, :2])
-
-
-# --- grpo_token_loss: against TRL's own code --------------------------------------------------------------
+# --- clipped_policy_loss: against TRL's own code --------------------------------------------------------------
 
 
 def trl_loss(per_token_logps, inputs, **config):
@@ -188,29 +124,16 @@ def trl_loss(per_token_logps, inputs, **config):
     return grpo_trainer.GRPOTrainer._compute_loss(fake, None, inputs)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        {"loss_type": "grpo"},
-        {"loss_type": "grpo", "gradient_accumulation_steps": 2, "steps_per_generation": 2, "beta": 0.04},
-        {"loss_type": "bnpo", "beta": 0.1, "use_bias_correction_kl": False, "epsilon_high": 0.28},
-        {"loss_type": "dr_grpo", "max_completion_length": 7, "delta": 1.3},
-        {"loss_type": "dapo"},
-        {"loss_type": "dapo", "num_processes": 2, "gradient_accumulation_steps": 2, "steps_per_generation": 4,
-         "beta": 0.02, "num_items": 57},
-        {"loss_type": "bnpo", "importance_sampling_level": "sequence"},
-    ],
-    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
-)
-def test_matches_trl_compute_loss_value_and_gradient(config):
+@pytest.mark.parametrize("accumulation", [1, 2, 4])
+def test_matches_trl_compute_loss_value_and_gradient(accumulation):
+    """TRL's loss under the trainer's defaults (loss_type="grpo", no KL) is clipped_policy_loss divided by the
+    gradient-accumulation steps (each micro-batch's loss is summed over the step)."""
     gen = torch.Generator().manual_seed(0)
     b, t = 4, 6
     old = -torch.rand(b, t, generator=gen) * 3
     current = old + 0.4 * torch.randn(b, t, generator=gen)  # ratios both inside and outside the clip range
-    ref = old + 0.3 * torch.randn(b, t, generator=gen)
     mask = (torch.arange(t)[None] < torch.tensor([[6], [3], [1], [0]])).int()  # includes an empty completion
     advantages = torch.randn(b, generator=gen)
-    num_items = torch.tensor(config.pop("num_items", int(mask.sum())))
     inputs = {
         "prompt_ids": torch.zeros(b, 2, dtype=torch.long),
         "prompt_mask": torch.ones(b, 2, dtype=torch.long),
@@ -218,29 +141,19 @@ def test_matches_trl_compute_loss_value_and_gradient(config):
         "completion_mask": mask,
         "advantages": advantages,
         "old_per_token_logps": old,
-        "ref_per_token_logps": ref,
-        "num_items_in_batch": num_items,
+        "num_items_in_batch": torch.tensor(int(mask.sum())),
     }
     theirs_lp = current.clone().requires_grad_(True)
-    theirs = trl_loss(theirs_lp, inputs, **config)
+    theirs = trl_loss(theirs_lp, inputs, loss_type="grpo", gradient_accumulation_steps=accumulation,
+                      steps_per_generation=accumulation)
     theirs.backward()
 
     ours_lp = current.clone().requires_grad_(True)
-    ours = grpo_token_loss(
-        ours_lp, old, advantages, mask,
-        epsilon_low=config.get("epsilon_low", 0.2), epsilon_high=config.get("epsilon_high", 0.2),
-        loss_type=config["loss_type"], beta=config.get("beta", 0.0), ref_per_token_logps=ref,
-        max_completion_length=config.get("max_completion_length"), num_items_in_batch=num_items,
-        num_processes=config.get("num_processes", 1),
-        gradient_accumulation_steps=config.get("gradient_accumulation_steps", 1),
-        steps_per_generation=config.get("steps_per_generation", 1),
-        importance_sampling_level=config.get("importance_sampling_level", "token"),
-        delta=config.get("delta"), use_bias_correction_kl=config.get("use_bias_correction_kl", True),
-    )
+    ours = clipped_policy_loss(ours_lp, old, advantages, mask) / accumulation
     ours.backward()
     assert ours.item() != 0.0
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, rtol=0, atol=0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, rtol=1e-6, atol=0)
 
 
 # --- tool_loss ---------------------------------------------------------------------------------------------

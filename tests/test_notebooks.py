@@ -90,10 +90,10 @@ def test_evaluation_notebook_writes_the_table(tmp_path):
     _run(ROOT / "notebooks" / "04_evaluation.ipynb", tmp_path / "04.ipynb", ROOT, eval_size=16, explorer_samples=2,
          methods=[], output_dir=str(tmp_path / "eval"))
     rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(rows) == {"reference", "oracle"}
-    assert rows["oracle"]["giou"] > rows["reference"]["giou"]  # ground-truth boxes beat the stand-in policy
+    assert set(rows) == {"reference", "untrained_tool_true_boxes"}
+    assert rows["untrained_tool_true_boxes"]["giou"] > rows["reference"]["giou"]  # true boxes beat the stand-in policy
     assert rows["reference"]["n"] == 16
-    assert "| oracle |" in (tmp_path / "eval" / "table.md").read_text()
+    assert "| untrained_tool_true_boxes |" in (tmp_path / "eval" / "table.md").read_text()
 
 
 def test_derivation_outputs_reproduce():

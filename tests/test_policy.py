@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from grto_lib import policy
-from grto_lib.policy import (
-    CHAT_TEMPLATE, CoordImageProcessor, PolicyConfig, TinyQwenProcessor, build_tiny_policy, build_tokenizer,
-    load_policy,
-)
+from grto_lib.policy import PolicyConfig, load_policy
+from grto_lib.tinyworld import tiny_qwen
+from grto_lib.tinyworld.tiny_qwen import (CHAT_TEMPLATE, CoordImageProcessor, TinyQwenProcessor, build_tiny_policy,
+                                          build_tokenizer)
 from grto_lib.prompts import (TINY_SYSTEM_PROMPT, build_messages, format_answer, policy_view, system_prompt_for,
                               to_trl_rows)
 from grto_lib.rewards import parse_answer
@@ -397,7 +397,7 @@ def test_no_two_query_words_share_an_input_embedding():
 
     model, processor = load_policy(PolicyConfig())
     tokenizer = processor.tokenizer
-    words = policy.corpus_words(query_corpus())
+    words = tiny_qwen.corpus_words(query_corpus())
     ids = tokenizer.convert_tokens_to_ids(words)
     assert tokenizer.unk_token_id not in ids and len(set(ids)) == len(words)
     rows = model.get_input_embeddings().weight[ids]

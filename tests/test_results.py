@@ -1,5 +1,6 @@
 """The results study: its plan is compute-matched, and its tables aggregate the runs it plans."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,22 +11,60 @@ from grto_lib.config import DATASETS
 def test_plan_runs_every_method_on_every_setting_at_equal_compute():
     plan = results.plan()
     main = [f"{d}_{m}_s{s}" for d in DATASETS for m in results.METHODS for s in results.SEEDS]
-    assert set(main) <= set(plan) and len(plan) == len(main) + 3  # 2 ablations, 1 control
+    assert set(main) <= set(plan) and len(plan) == len(main) + 2  # 2 ablations; the controls come later
     for name in main:
         config = plan[name]
         assert (config.steps, config.prompts_per_step, config.num_generations) == (20, 8, 8)
         assert config.logging_steps == 1  # the training reward of every step
         assert config.rl_prompts == 5 * config.prompts_per_step  # first and last 5 steps: the same prompts
-    assert plan["control_reasonseg_grto_plus_bto_time"].steps == 20 + results.CONTROL_EXTRA_STEPS
 
 
-def test_run_all_starts_the_longest_runs_first(monkeypatch):
+def _finish(folder, steps=20, rl_seconds=None, bto_seconds=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    if bto_seconds is not None:
+        (folder / "bto.json").write_text(json.dumps({"bto_seconds": bto_seconds}))
+    if rl_seconds is not None:
+        (folder / "metrics.json").write_text(json.dumps({"config": {"steps": steps},
+                                                         "timing": {"rl_seconds_excluding_eval": rl_seconds}}))
+
+
+def test_the_control_gets_btos_measured_time_as_extra_rl_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RUNS_DIR", tmp_path)
+    assert results.control_config("cod", 1) is None  # nothing measured yet
+    _finish(tmp_path / "cod_b-grto_s1", bto_seconds=131.0)
+    assert results.control_config("cod", 1) is None  # GRTO's step time not measured yet
+    _finish(tmp_path / "cod_grto_s1", rl_seconds=240.0)  # 12 s a step
+    config = results.control_config("cod", 1)
+    assert (config.method, config.dataset, config.seed) == ("grto", "cod", 1)
+    assert config.steps == 20 + 11  # round(131 / 12)
+    assert config.rl_prompts == 0  # new prompts for the extra time, as BTO sees new images
+    assert (config.prompts_per_step, config.num_generations, config.eval_size) == (8, 8, 200)
+    assert config.output_dir == str(tmp_path / "cod_grto_given_bto_time_s1")
+
+
+def test_run_all_starts_each_control_once_its_times_are_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RUNS_DIR", tmp_path)
     started = []
-    monkeypatch.setattr(results, "run_one", lambda name, config: (started.append(name), (name, 1.0))[1])
-    results.run_all(jobs=1)
-    assert sorted(started) == sorted(results.plan())
-    first = started[:len([n for n in started if "b-grto" in n or n.startswith("control_")])]
-    assert all("b-grto" in n or n.startswith("control_") for n in first)  # BTO or extra steps: the longest
+
+    def fake_run(name, config):  # B-GRTO's bootstrap takes 3 steps of GRTO's time
+        started.append((name, config.steps))
+        _finish(Path(config.output_dir), config.steps, rl_seconds=2.0 * config.steps,
+                bto_seconds=6.0 if config.method == "b-grto" else None)
+        return name, 1.0
+
+    monkeypatch.setattr(results, "run_one", fake_run)
+    monkeypatch.setattr(results, "reference_rows", lambda eval_size: started.append(("rows before RL", 0)) or {"x": 1})
+    assert results.run_all(jobs=1) == {"x": 1}
+    names = [n for n, _ in started]
+    controls = [results.control_name(d, s) for d in DATASETS for s in results.SEEDS]
+    assert sorted(names) == sorted([*results.plan(), *controls, "rows before RL"])
+    assert names[-1] == "rows before RL"
+    assert all("b-grto" in n for n in names[:9])  # the longest first
+    for dataset in DATASETS:
+        for seed in results.SEEDS:
+            control = names.index(results.control_name(dataset, seed))
+            assert control > names.index(f"{dataset}_grto_s{seed}") > names.index(f"{dataset}_b-grto_s{seed}")
+    assert {steps for n, steps in started if n in controls} == {23}
 
 
 def test_summarize_reports_mean_and_spread_over_seeds_and_checks_the_targets(tmp_path, monkeypatch):
@@ -33,7 +72,8 @@ def test_summarize_reports_mean_and_spread_over_seeds_and_checks_the_targets(tmp
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
     curve = [{"step": 0, "seconds": 0.0, "giou": 0.1}, {"step": 20, "seconds": 9.0, "giou": 0.2}]
     methods = {"grpo": 0.0, "grto": 0.1, "b-grto": 0.2}
-    for name in results.plan():
+    controls = [results.control_name(d, s) for d in DATASETS for s in results.SEEDS]
+    for name in [*results.plan(), *controls]:
         seed = int(name[-1]) if name[-1].isdigit() else 0
         bonus = next((v for m, v in methods.items() if f"_{m}_" in name), 0.0)
         giou = 0.1 * (1 + seed) + bonus  # seeds 0, 1, 2 -> 0.1, 0.2, 0.3 (+ the method's bonus)
@@ -41,11 +81,12 @@ def test_summarize_reports_mean_and_spread_over_seeds_and_checks_the_targets(tmp
         folder = tmp_path / "runs" / name
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({
-            "config": {"steps": 20}, "test": {"giou": giou, "ciou": giou, "box_acc": giou, "format_valid": 1.0},
-            "curve": curve,
+            "config": {"steps": 20 + (seed + 3) * (name in controls)},
+            "test": {"giou": giou, "ciou": giou, "box_acc": giou, "format_valid": 1.0},
+            "curve": curve + [{"step": 25, "seconds": 11.0, "giou": 0.3}] * (name in controls and seed > 0),
             "timing": {"bto_seconds": 3.0, "rl_seconds_excluding_eval": 9.0},
             "log_history": [{"reward": r, "step": k + 1} for k, r in enumerate(rewards)] + [{"train_loss": 0.1}]}))
-    reference = {d: {"reference": {"giou": 0.05, "box_acc": 0.05}, "oracle": {"giou": 0.9}} for d in DATASETS}
+    reference = {d: {"reference": {"giou": 0.05, "box_acc": 0.05}, results.TRUE_BOXES_ROW: {"giou": 0.9}} for d in DATASETS}
     reference["standin"] = {"follows_query": {"right_object": 0.95}}
     summary = results.summarize(reference)
     rows = summary["datasets"]["cod"]["rows"]
@@ -61,4 +102,19 @@ def test_summarize_reports_mean_and_spread_over_seeds_and_checks_the_targets(tmp
     assert all(holds[f"{d}: B-GRTO >= GRTO >= GRPO in test gIoU"] for d in DATASETS)
     assert holds["B-GRTO - GRPO >= +0.10 test gIoU, averaged over the three settings"]
     targets = (tmp_path / "results" / "targets.md").read_text()
-    assert "29 of 30 runs (not: cod_grto_s1) | **no** |" in targets
+    assert "28 of 29 runs (not: cod_grto_s1) | **no** |" in targets  # the controls draw new prompts: not counted
+    assert "| cod: B-GRTO >= GRTO given BTO's time as extra RL steps, in test gIoU | 0.400 vs 0.300 (+3 to +5 steps) | yes |" in targets
+    assert summary["controls"]["cod"]["extra_steps"] == [3, 4, 5]
+    assert "| cod | 3.000 | 0.250 | 3, 4, 5 | 9.000 | 12.000 |" in (tmp_path / "results" / "bto_cost.md").read_text()
+    assert (tmp_path / "results" / "curves_cod.png").stat().st_size > 10_000
+
+
+def test_agreement_allows_twice_the_spread_of_one_seed_of_each():
+    def study(giou, sd):
+        return {"datasets": {d: {"rows": {r: {"giou": (giou, sd)} for r in (*results.METHODS, results.CONTROL)}}
+                             for d in DATASETS}}
+
+    rows = results.agreement(study(0.40, 0.03), study(0.47, 0.04))  # limit 2 * 0.05 = 0.10
+    assert len(rows) == 12 and all(r["agree"] for r in rows)
+    assert rows[0]["difference"] == pytest.approx(0.07) and rows[0]["limit"] == pytest.approx(0.10)
+    assert not any(r["agree"] for r in results.agreement(study(0.40, 0.03), study(0.52, 0.04)))

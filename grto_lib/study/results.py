@@ -1,19 +1,20 @@
 """The paper's claims in miniature: ``python -m grto_lib.study.results`` (or ``make results``).
 
 Trains ``grpo``, ``grto`` and ``b-grto`` on the three synthetic settings with three seeds each at equal
-compute (same steps, prompts per step and group size); adds the reference and oracle rows, two single-seed
-ablations (the tool loss over every valid rollout, ``tool_weighting="uniform"``, instead of the default
-``on_target``: B-GRTO on ``reasonseg``, GRTO on ``cod``) and a compute-matched GRTO control (GRTO given B-GRTO's
-BTO time as extra RL steps), checks the stand-in policy (``evaluate.follows_query``), and writes to ``results/``:
+compute (same steps, prompts per step and group size); adds the rows before RL (the reference, and the untrained
+tool from ground-truth boxes), two single-seed ablations (the tool loss over every valid rollout,
+``tool_weighting="uniform"``, instead of the default ``on_target``: B-GRTO on ``reasonseg``, GRTO on ``cod``) and,
+on every setting and seed, a compute-matched control: GRTO given B-GRTO's bootstrap time as extra RL steps
+(``control_config``); checks the stand-in policy (``evaluate.follows_query``), and writes to ``results/``:
 
 * ``table.md`` / ``table.csv``: test metrics, mean and standard deviation over seeds;
 * ``targets.md``: each claim the study is meant to show, the measured numbers and whether it holds;
-* ``ablations.md``, ``bto_cost.md``;
+* ``ablations.md``, ``bto_cost.md`` (with the controls' extra steps);
 * ``curves_<dataset>.png``: test gIoU (fixed subset) against RL steps and against wall time (BTO included), and
   the training reward against RL steps;
 * ``summary.json``: every number the tables and figures show.
 
-Runs execute as separate processes, one torch thread each, two at a time (2-core machines), in
+Runs execute as separate processes, one torch thread each, ``--jobs`` at a time (2 on 2-core machines), in
 ``outputs/results_runs/`` (ignored by git); a finished run is not trained again, so the command resumes.
 """
 from __future__ import annotations
@@ -26,12 +27,14 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from grto_lib.config import DATASETS, REPO_ROOT, TrainConfig
+from grto_lib.evaluate import TRUE_BOXES_ROW
 
 RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "outputs" / "results_runs"
@@ -43,13 +46,13 @@ COMMON = dict(steps=20, prompts_per_step=8, num_generations=8, rl_prompts=40, tr
 logged steps score the same prompts and the training-reward target compares the policy, not the draw: over
 2,000 prompts seen once, one seed's first 40 were easier for the reference policy than its last 40 by more than
 RL's gain. BTO and the test split are unchanged."""
-CONTROL_EXTRA_STEPS = 10
-"""The compute-matched control's extra RL steps: B-GRTO's BTO (1,024 prompts x 1 rollout, 200 tool updates) took
-72 s on one thread of the 2-core AMD EPYC machine, as long as about 10 GRTO steps of about 7 s."""
+CONTROL = "grto_given_bto_time"
+"""The compute-matched control's row name (``control_config``)."""
 
 
 def plan() -> dict[str, TrainConfig]:
-    """Every run of the study, by name."""
+    """Every run of the study whose configuration is known in advance, by name (the controls' depend on
+    measured times: ``control_config``)."""
     runs = {}
     for dataset in DATASETS:
         for method in METHODS:
@@ -58,10 +61,34 @@ def plan() -> dict[str, TrainConfig]:
     runs["ablation_reasonseg_b-grto_uniform_weighting"] = dict(dataset="reasonseg", method="b-grto",
                                                                tool_weighting="uniform")
     runs["ablation_cod_grto_uniform_weighting"] = dict(dataset="cod", method="grto", tool_weighting="uniform")
-    runs["control_reasonseg_grto_plus_bto_time"] = dict(dataset="reasonseg", method="grto",
-                                                        steps=COMMON["steps"] + CONTROL_EXTRA_STEPS)
-    return {name: TrainConfig(**{**COMMON, **overrides, "output_dir": str(RUNS_DIR / name)})
-            for name, overrides in runs.items()}
+    return {name: _config(name, **overrides) for name, overrides in runs.items()}
+
+
+def _config(name: str, **overrides) -> TrainConfig:
+    return TrainConfig(**{**COMMON, **overrides, "output_dir": str(RUNS_DIR / name)})
+
+
+def control_name(dataset: str, seed: int) -> str:
+    return f"{dataset}_{CONTROL}_s{seed}"
+
+
+def control_config(dataset: str, seed: int) -> TrainConfig | None:
+    """GRTO given the time B-GRTO spent bootstrapping, as extra RL steps; None until those times are measured.
+
+    ``extra = round(bto_seconds / grto_step_seconds)``: the bootstrap's seconds in the B-GRTO run of the same
+    setting and seed (its ``bto.json``) over the seconds per RL step of the GRTO run (``metrics.json``: RL time
+    without evaluation, over its steps), both measured in this study on this machine. The control trains
+    ``COMMON["steps"] + extra`` steps and draws its prompts from the whole training split (``rl_prompts=0``), so
+    the extra time can show its tool new images, as BTO's 1,024 prompts show the bootstrapped tool."""
+    bto_file = RUNS_DIR / f"{dataset}_b-grto_s{seed}" / "bto.json"
+    grto_file = RUNS_DIR / f"{dataset}_grto_s{seed}" / "metrics.json"
+    if not (bto_file.is_file() and grto_file.is_file()):
+        return None
+    grto = json.loads(grto_file.read_text())
+    step_seconds = grto["timing"]["rl_seconds_excluding_eval"] / grto["config"]["steps"]
+    extra = max(1, round(json.loads(bto_file.read_text())["bto_seconds"] / step_seconds))
+    return _config(control_name(dataset, seed), dataset=dataset, method="grto", seed=seed, rl_prompts=0,
+                   steps=COMMON["steps"] + extra)
 
 
 def run_one(name: str, config: TrainConfig) -> tuple[str, float]:
@@ -80,17 +107,42 @@ def run_one(name: str, config: TrainConfig) -> tuple[str, float]:
     return name, time.perf_counter() - start
 
 
-def run_all(jobs: int = 2) -> None:
-    """Train every run of ``plan()`` not finished yet, ``jobs`` at a time, the longest first (B-GRTO's bootstrap
-    costs about as much as ``CONTROL_EXTRA_STEPS`` RL steps), so that no long run is left alone at the end."""
-    def cost(item):
-        config = item[1]
-        return config.steps + (CONTROL_EXTRA_STEPS if config.method == "b-grto" else 0)
+def _priority(name: str) -> int:
+    """B-GRTO first (the longest, and the controls wait for their bootstrap), then GRTO (the controls wait for it
+    too), then the rest; a control starts as soon as its times are measured (``run_all``)."""
+    return 0 if "_b-grto_s" in name else 1 if "_grto_s" in name else 2
 
-    runs = sorted(plan().items(), key=cost, reverse=True)
+
+def run_all(jobs: int = 2) -> dict:
+    """Train every run of ``plan()`` and every control not finished yet, and compute ``reference_rows`` (last, in
+    this process), ``jobs`` at a time; returns the reference rows."""
+    reference = {}
+
+    def rows_before_rl():
+        start = time.perf_counter()
+        reference.update(reference_rows(COMMON["eval_size"]))
+        return "rows before RL", time.perf_counter() - start
+
+    pending = [partial(run_one, name, config) for name, config in sorted(plan().items(), key=lambda i: _priority(i[0]))]
+    pending.append(rows_before_rl)
+    waiting = [(d, s) for d in DATASETS for s in SEEDS]
     with ThreadPoolExecutor(jobs) as pool:
-        for name, seconds in pool.map(lambda item: run_one(*item), runs):
-            print(f"{name}: {'done earlier' if not seconds else f'{seconds:.0f} s'}", flush=True)
+        running = set()
+        while pending or waiting or running:
+            for dataset, seed in list(waiting):
+                config = control_config(dataset, seed)
+                if config is not None:
+                    waiting.remove((dataset, seed))
+                    pending.insert(0, partial(run_one, control_name(dataset, seed), config))
+            while pending and len(running) < jobs:
+                running.add(pool.submit(pending.pop(0)))
+            if not running:
+                raise RuntimeError(f"controls {waiting} wait for runs that are not planned")
+            done, running = wait(running, timeout=10, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, seconds = future.result()
+                print(f"{name}: {'done earlier' if not seconds else f'{seconds:.0f} s'}", flush=True)
+    return reference
 
 
 def _metrics(name: str) -> dict:
@@ -115,31 +167,39 @@ def summarize(reference: dict) -> dict:
     from grto_lib.evaluate import TABLE_COLUMNS
 
     RESULTS_DIR.mkdir(exist_ok=True)
-    summary = {"standin": reference["standin"], "datasets": {}, "ablations": {}, "bto_cost": {}, "rewards": {}}
+    summary = {"standin": reference["standin"], "datasets": {}, "ablations": {}, "bto_cost": {}, "controls": {},
+               "rewards": {}}
     table_rows = []
     for dataset in DATASETS:
-        rows = {"reference": {k: (v, 0.0) for k, v in reference[dataset]["reference"].items()},
-                "oracle": {k: (v, 0.0) for k, v in reference[dataset]["oracle"].items()}}
+        rows = {name: {k: (v, 0.0) for k, v in reference[dataset][name].items()}
+                for name in ("reference", TRUE_BOXES_ROW)}
         curves, rewards = {}, {}
-        for method in METHODS:
-            runs = [_metrics(f"{dataset}_{method}_s{s}") for s in SEEDS]
+        for method in (*METHODS, CONTROL):
+            names = [control_name(dataset, s) if method == CONTROL else f"{dataset}_{method}_s{s}" for s in SEEDS]
+            runs = [_metrics(name) for name in names]
             rows[method] = {k: _mean_std([r["test"][k] for r in runs]) for k in runs[0]["test"]}
             curves[method] = [r["curve"] for r in runs]
-            rewards[method] = [training_rewards(r) for r in runs]
-            if method == "b-grto":
-                bto = [r["timing"]["bto_seconds"] for r in runs]
-                total = [r["timing"]["bto_seconds"] + r["timing"]["rl_seconds_excluding_eval"] for r in runs]
-                summary["bto_cost"][dataset] = {"bto_seconds": _mean_std(bto),
-                                                "share_of_bgrto_time": _mean_std(np.divide(bto, total))}
+            if method != CONTROL:  # the controls draw new prompts every step: their rewards are not compared
+                rewards[method] = [training_rewards(r) for r in runs]
+        bgrto = [_metrics(f"{dataset}_b-grto_s{s}")["timing"] for s in SEEDS]
+        bto = [t["bto_seconds"] for t in bgrto]
+        total = [t["bto_seconds"] + t["rl_seconds_excluding_eval"] for t in bgrto]
+        summary["bto_cost"][dataset] = {"bto_seconds": _mean_std(bto),
+                                        "share_of_bgrto_time": _mean_std(np.divide(bto, total))}
+        controls = [_metrics(control_name(dataset, s)) for s in SEEDS]
+        summary["controls"][dataset] = {
+            "extra_steps": [c["config"]["steps"] - COMMON["steps"] for c in controls],
+            "rl_seconds": [c["timing"]["rl_seconds_excluding_eval"] for c in controls],
+            "b-grto_seconds": total}
         summary["datasets"][dataset] = {"rows": rows, "curves": curves, "rewards": rewards}
         for name, row in rows.items():
             table_rows.append({"dataset": dataset, "run": name, **{k: row[k] for k in TABLE_COLUMNS if k in row}})
         _plot_curves(plt, dataset, curves, rewards, rows)
-    for name in [n for n in plan() if n.startswith(("ablation_", "control_"))]:
+    for name in [n for n in plan() if n.startswith("ablation_")]:
         m = _metrics(name)
         summary["ablations"][name] = {"test": m["test"], "curve": m["curve"], "timing": m["timing"],
                                       "steps": m["config"]["steps"], "rewards": training_rewards(m)}
-    for name in plan():
+    for name in plan():  # every run on 40 prompts: the first and the last 5 steps score the same prompts
         r = training_rewards(_metrics(name))
         summary["rewards"][name] = {"first_5": float(np.mean(r[:5])), "last_5": float(np.mean(r[-5:]))}
     summary["targets"] = check_targets(summary)
@@ -151,7 +211,7 @@ def summarize(reference: dict) -> dict:
 def check_targets(summary: dict) -> list[dict]:
     """Each claim of the study, with the measured numbers and whether it holds (``targets.md``)."""
     rows = {d: summary["datasets"][d]["rows"] for d in DATASETS}
-    giou = {d: {m: rows[d][m]["giou"][0] for m in ("reference", *METHODS)} for d in DATASETS}
+    giou = {d: {m: rows[d][m]["giou"][0] for m in ("reference", *METHODS, CONTROL)} for d in DATASETS}
     box = rows["reasonseg"]["grpo"]["box_acc"][0] - rows["reasonseg"]["reference"]["box_acc"][0]
     follows = summary["standin"]["follows_query"]["right_object"]
     falling = [n for n, r in summary["rewards"].items() if not r["last_5"] > r["first_5"]]
@@ -176,22 +236,43 @@ def check_targets(summary: dict) -> list[dict]:
         g = giou[d]
         targets.append((f"{d}: GRTO >= GRPO in test gIoU (default tool weighting)",
                         f"{g['grto']:.3f} vs {g['grpo']:.3f}", g["grto"] >= g["grpo"]))
+    for d in DATASETS:
+        g, extra = giou[d], summary["controls"][d]["extra_steps"]
+        targets.append((f"{d}: B-GRTO >= GRTO given BTO's time as extra RL steps, in test gIoU",
+                        f"{g['b-grto']:.3f} vs {g[CONTROL]:.3f} (+{min(extra)} to +{max(extra)} steps)",
+                        g["b-grto"] >= g[CONTROL]))
     return [{"target": t, "measured": m, "holds": bool(ok)} for t, m, ok in targets]
+
+
+def agreement(summary: dict, other: dict) -> list[dict]:
+    """Whether two studies (e.g. CPU and GPU) agree: per setting and trained row, the test gIoU means differ by at
+    most twice the spread of a difference of one seed of each, ``|m - m'| <= 2 sqrt(sd^2 + sd'^2)``."""
+    out = []
+    for dataset in DATASETS:
+        for run in (*METHODS, CONTROL):
+            (m, sd), (m2, sd2) = (s["datasets"][dataset]["rows"][run]["giou"] for s in (summary, other))
+            limit = 2 * float(np.hypot(sd, sd2))
+            out.append({"dataset": dataset, "run": run, "giou": (m, sd), "other": (m2, sd2),
+                        "difference": m2 - m, "limit": limit, "agree": abs(m2 - m) <= limit})
+    return out
 
 
 def _plot_curves(plt, dataset, curves, rewards, rows) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
     for method, seeds in curves.items():
-        steps = [p["step"] for p in seeds[0]]
-        giou = np.array([[p["giou"] for p in c] for c in seeds])
-        seconds = np.array([[p["seconds"] for p in c] for c in seeds]).mean(0)
+        points = min(len(c) for c in seeds)  # the controls' seeds train different numbers of steps
+        steps = [p["step"] for p in seeds[0][:points]]
+        giou = np.array([[p["giou"] for p in c[:points]] for c in seeds])
+        seconds = np.array([[p["seconds"] for p in c[:points]] for c in seeds]).mean(0)
         for ax, x in zip(axes, (steps, seconds)):
-            line, = ax.plot(x, giou.mean(0), marker="o", markersize=3, label=method)
+            line, = ax.plot(x, giou.mean(0), marker="o", markersize=3, label=method,
+                            linestyle=":" if method == CONTROL else "-")
             ax.fill_between(x, giou.min(0), giou.max(0), alpha=0.15, color=line.get_color())
-        reward = np.array(rewards[method])
+    for method, reward in rewards.items():
+        reward = np.array(reward)
         axes[2].plot(np.arange(1, reward.shape[1] + 1), reward.mean(0), label=method)
     for ax, label in zip(axes, ("RL step", "wall time (s), BTO included")):
-        for name in ("reference", "oracle"):
+        for name in ("reference", TRUE_BOXES_ROW):
             ax.axhline(rows[name]["giou"][0], linestyle="--", linewidth=1, color="grey")
             ax.text(ax.get_xlim()[0], rows[name]["giou"][0], f" {name} ({COMMON['eval_size']} test samples)",
                     fontsize=7, color="grey", va="bottom")
@@ -235,9 +316,13 @@ def _write_tables(table_rows, summary) -> None:
     for name, entry in summary["ablations"].items():
         ablation.append(f"| {name} | {entry['test']['giou']:.3f} | {entry['test']['box_acc']:.3f} | {entry['steps']} |")
     (RESULTS_DIR / "ablations.md").write_text("\n".join(ablation) + "\n")
-    cost = ["| dataset | BTO seconds | BTO share of B-GRTO's training time |", "|---|---|---|"]
-    cost += [f"| {d} | {_cell(v['bto_seconds'])} | {_cell(v['share_of_bgrto_time'])} |"
-             for d, v in summary["bto_cost"].items()]
+    cost = ["| dataset | BTO seconds | BTO share of B-GRTO's training time | control: extra RL steps (seeds 0, 1, 2) "
+            "| control's RL seconds | B-GRTO's seconds (BTO + RL) |", "|---|---|---|---|---|---|"]
+    for d, v in summary["bto_cost"].items():
+        c = summary["controls"][d]
+        cost.append(f"| {d} | {_cell(v['bto_seconds'])} | {_cell(v['share_of_bgrto_time'])} | "
+                    f"{', '.join(map(str, c['extra_steps']))} | {_cell(_mean_std(c['rl_seconds']))} | "
+                    f"{_cell(_mean_std(c['b-grto_seconds']))} |")
     (RESULTS_DIR / "bto_cost.md").write_text("\n".join(cost) + "\n")
     targets = ["| target | measured | holds |", "|---|---|---|"]
     targets += [f"| {t['target']} | {t['measured']} | {'yes' if t['holds'] else '**no**'} |"
@@ -246,36 +331,45 @@ def _write_tables(table_rows, summary) -> None:
 
 
 def reference_rows(eval_size: int) -> dict:
-    """Per setting, the stand-ins' scores before RL (``reference``) and the oracle's; and the stand-in policy's
-    ``follows_query`` (``standin``)."""
+    """Per setting, the rows before RL (``evaluate.reference_rows``); and the stand-in policy's ``follows_query``
+    (``standin``)."""
     import torch
 
-    from grto_lib.evaluate import evaluate_oracle, evaluate_policy, follows_query
-    from grto_lib.runs import load_models, load_splits
+    from grto_lib.evaluate import follows_query, reference_rows as rows_before_rl
+    from grto_lib.runs import load_models
 
     torch.set_num_threads(1)
-    out = {}
-    for dataset in DATASETS:
-        config = TrainConfig(dataset=dataset, eval_size=eval_size)
-        _, test_set = load_splits(config)
-        policy, processor, tool, size = load_models(config)
-        out[dataset] = {"reference": evaluate_policy(policy, processor, tool, test_set, size),
-                        "oracle": evaluate_oracle(tool, test_set)}
+    out = {dataset: rows_before_rl(TrainConfig(dataset=dataset, eval_size=eval_size)) for dataset in DATASETS}
+    policy, processor, _, size = load_models(TrainConfig())
     out["standin"] = {"follows_query": follows_query(policy, processor, size)}
     return out
 
 
 def main(argv=None) -> None:
+    global RESULTS_DIR
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild results/ from finished runs")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where to write (default: results/)")
+    parser.add_argument("--compare", type=Path, metavar="SUMMARY",
+                        help="print whether this summary.json agrees with the results folder's, and stop")
     args = parser.parse_args(argv)
+    RESULTS_DIR = args.results_dir
+    if args.compare:
+        rows = agreement(json.loads((RESULTS_DIR / "summary.json").read_text()), json.loads(args.compare.read_text()))
+        print(f"| setting | run | test gIoU, {RESULTS_DIR} | {args.compare} | difference | limit | agree |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['dataset']} | {r['run']} | {_cell(r['giou'])} | {_cell(r['other'])} | "
+                  f"{r['difference']:+.3f} | {r['limit']:.3f} | {'yes' if r['agree'] else '**no**'} |")
+        return
     start = time.perf_counter()
-    if not args.summarize_only:
-        run_all(args.jobs)
-    summary = summarize(reference_rows(COMMON["eval_size"]))
+    reference = reference_rows(COMMON["eval_size"]) if args.summarize_only else run_all(args.jobs)
+    summary = summarize(reference)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["plan"] = {name: dataclasses.asdict(c) for name, c in plan().items()}
+    summary["plan"].update({control_name(d, s): dataclasses.asdict(control_config(d, s))
+                            for d in DATASETS for s in SEEDS})
     (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=1))
     print((RESULTS_DIR / "table.md").read_text())
     print((RESULTS_DIR / "targets.md").read_text())

@@ -30,7 +30,7 @@ model brings to a new task. The perception part is always right.
 
 Recipe (``pretrain_policy_standin``): next-token cross-entropy on the completion tokens only (the prompt and the
 image tokens carry no loss), from a random ``build_tiny_policy`` model (number tokens start with ordered Fourier
-embeddings, ``policy.init_number_embeddings``); ``scenes`` training examples are built once (``build_batches``)
+embeddings, ``tiny_qwen.init_number_embeddings``); ``scenes`` training examples are built once (``build_batches``)
 and cycled in a new order every pass; AdamW, linear warm-up then cosine decay. The tokenizer holds one token per
 word of every synthetic query, and no embedding is tied to another, so no two query words read alike.
 
@@ -55,7 +55,7 @@ from scipy import ndimage
 
 from grto_lib.data import NAMES, load_dataset
 from grto_lib.geometry import mask_to_box
-from grto_lib.policy import build_tiny_policy
+from grto_lib.tinyworld.tiny_qwen import build_tiny_policy
 from grto_lib.prompts import TINY_SYSTEM_PROMPT, build_messages, format_answer, policy_view
 from grto_lib.tinyworld.drawing import SHAPES
 from grto_lib.tinyworld.worlds import RELATIONS, query_corpus

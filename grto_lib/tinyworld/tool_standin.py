@@ -255,20 +255,20 @@ def pretrain_tool_standin(out_dir: str | Path, seed: int = 0, **kwargs) -> dict:
     """Train the stand-in (``train_tool_standin(seed, **kwargs)``) and save it to ``out_dir`` with ``save_tool``.
 
     Returns a JSON-friendly report: ``parameters``, ``steps``, ``seconds``, ``seconds_per_step``, the mean
-    training loss over the first and the last 20 steps, and ``oracle_giou_test``: the tool's gIoU from
-    ground-truth boxes on the first 100 test samples of every synthetic world (``evaluate.evaluate_oracle``).
+    training loss over the first and the last 20 steps, and ``true_boxes_giou_test``: the tool's gIoU from
+    ground-truth boxes on the first 100 test samples of every synthetic world (``evaluate.evaluate_true_boxes``).
     """
     from grto_lib.data import NAMES, load_dataset
-    from grto_lib.evaluate import evaluate_oracle
+    from grto_lib.evaluate import evaluate_true_boxes
 
     tool, log = train_tool_standin(seed, **kwargs)
     save_tool(tool, out_dir)
     losses = log["losses"]
-    oracle = {name: round(evaluate_oracle(tool, load_dataset(name, "test"), indices=range(100))["giou"], 3)
+    true_boxes = {name: round(evaluate_true_boxes(tool, load_dataset(name, "test"), indices=range(100))["giou"], 3)
               for name in NAMES}
     return dict(parameters=log["parameters"], steps=len(losses), seconds=round(log["seconds"], 1),
                 seconds_per_step=round(log["seconds_per_step"], 4), loss_first=round(float(np.mean(losses[:20])), 4),
-                loss_last=round(float(np.mean(losses[-20:])), 4), oracle_giou_test=oracle)
+                loss_last=round(float(np.mean(losses[-20:])), 4), true_boxes_giou_test=true_boxes)
 
 
 if __name__ == "__main__":
