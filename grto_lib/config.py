@@ -27,6 +27,8 @@ POLICY_TRAIN = ("decoder", "all")
 CHOICES = {"method": METHODS, "loss_type": LOSS_TYPES, "scale_rewards": SCALES, "tool_loss": TOOL_LOSS_KINDS,
            "tool_weighting": WEIGHT_SCHEMES, "dataset": DATASETS, "preset": PRESETS, "policy_train": POLICY_TRAIN}
 """``TrainConfig``'s fields with a fixed set of values."""
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False", dict: "a dict",
+              type(None): "None"}
 POSITIVE = ("steps", "prompts_per_step", "num_generations", "max_completion_length", "bto_prompts", "bto_steps",
             "bto_generations", "bto_batch", "train_size", "eval_size", "image_size", "generate_every", "save_steps",
             "curve_size", "logging_steps")
@@ -258,7 +260,7 @@ class TrainConfig:
             allowed = typing.get_args(hint) or (hint,)  # int | None -> (int, NoneType)
             accepted = (*allowed, int) if float in allowed else allowed  # 1 is a fine learning rate
             if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in allowed):
-                kinds = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+                kinds = " or ".join(TYPE_NAMES.get(t, t.__name__) for t in allowed)
                 raise ValueError(f"TrainConfig.{f.name} must be {kinds}, got {value!r}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:

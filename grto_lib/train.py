@@ -187,6 +187,7 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     saves, evaluates and returns the metrics (with ``distributed``: whether all processes ended with identical
     policy and tool parameters), the others return ``{}``.
     """
+    config.validate()  # again: fields may have been changed since the config was built
     config.check_paths()
     out = repo_path(config.output_dir)
     _check_run_folder(config, out)

@@ -12,9 +12,9 @@ from grto_lib.config import TrainConfig
     ("preset", "huge", "tiny, paper"),
     ("tool_weighting", "top1", "uniform, advantage, positive"),
     ("steps", 0, "positive integer"),
-    ("steps", "10", "must be int"),
-    ("steps", True, "must be int"),
-    ("lora", "yes", "must be bool"),
+    ("steps", "10", "must be an integer"),
+    ("steps", True, "must be an integer"),
+    ("lora", "yes", "must be True or False"),
     ("generate_every", 0, "positive integer"),
     ("rl_prompts", -1, "non-negative"),
     ("num_generations", 1, "num_generations must be >= 2"),
@@ -22,8 +22,8 @@ from grto_lib.config import TrainConfig
     ("reward_weights", {"iou": 1.0}, "keys must be among"),
     ("scale_rewards", "std", "group, batch, none"),
     ("box_threshold", 1.0, "None or a number in \\[0, 1\\)"),
-    ("box_threshold", "0.5", "must be float or None"),
-    ("micro_batch", 2.0, "must be int or None"),
+    ("box_threshold", "0.5", "must be a number or None"),
+    ("micro_batch", 2.0, "must be an integer or None"),
 ])
 def test_bad_values_raise_with_the_field_name(field, value, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -65,7 +65,7 @@ def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
 
 @pytest.mark.parametrize("parameters,message", [
     ({"method": "ppo"}, "TrainConfig.method='ppo' is not allowed; choose one of grpo, grto, b-grto"),
-    ({"steps": "ten"}, "TrainConfig.steps must be a positive integer, got 'ten'"),
+    ({"steps": "ten"}, "TrainConfig.steps must be an integer, got 'ten'"),
     ({"dataset": "coco"}, "choose one of reasonseg, cod, earthreason"),
 ])
 def test_invalid_parameter_stops_the_first_cell_naming_allowed_values(tmp_path, parameters, message):
