@@ -173,20 +173,20 @@ def summarize(reference: dict) -> dict:
     for dataset in DATASETS:
         rows = {name: {k: (v, 0.0) for k, v in reference[dataset][name].items()}
                 for name in ("reference", TRUE_BOXES_ROW)}
-        curves, rewards = {}, {}
+        curves, rewards, finished = {}, {}, {}
         for method in (*METHODS, CONTROL):
             names = [control_name(dataset, s) if method == CONTROL else f"{dataset}_{method}_s{s}" for s in SEEDS]
-            runs = [_metrics(name) for name in names]
+            runs = finished[method] = [_metrics(name) for name in names]
             rows[method] = {k: _mean_std([r["test"][k] for r in runs]) for k in runs[0]["test"]}
             curves[method] = [r["curve"] for r in runs]
             if method != CONTROL:  # the controls draw new prompts every step: their rewards are not compared
                 rewards[method] = [training_rewards(r) for r in runs]
-        bgrto = [_metrics(f"{dataset}_b-grto_s{s}")["timing"] for s in SEEDS]
+        bgrto = [r["timing"] for r in finished["b-grto"]]
         bto = [t["bto_seconds"] for t in bgrto]
         total = [t["bto_seconds"] + t["rl_seconds_excluding_eval"] for t in bgrto]
         summary["bto_cost"][dataset] = {"bto_seconds": _mean_std(bto),
                                         "share_of_bgrto_time": _mean_std(np.divide(bto, total))}
-        controls = [_metrics(control_name(dataset, s)) for s in SEEDS]
+        controls = finished[CONTROL]
         summary["controls"][dataset] = {
             "extra_steps": [c["config"]["steps"] - COMMON["steps"] for c in controls],
             "rl_seconds": [c["timing"]["rl_seconds_excluding_eval"] for c in controls],
