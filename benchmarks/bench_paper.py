@@ -434,7 +434,8 @@ def run_trainer(record, label, method, policy, processor, tool, dataset, policy_
                              num_generations=group, steps=steps, max_completion_length=max_new_tokens,
                              logging_steps=1, curve_every=0, output_dir=tmp, loss_type="grpo",
                              generate_every=generate_every, micro_batch=micro_batch, warmup_steps=0,
-                             tool_weighting="uniform")  # ForcedValidScorer's random boxes are rarely on target
+                             tool_weighting="uniform",  # ForcedValidScorer's random boxes are rarely on target
+                             compile_generation=False)  # the stock path these sections measure
         tool.set_trainable("decoder")  # a previous grpo trainer froze it
         scorer = forced_valid_scorer_class()(dataset, tool, policy_px)
         trainer = build_trainer(config, policy, processor, tool, dataset, policy_px, scorer=scorer, report_to=[],
@@ -725,7 +726,8 @@ def section_distributed(record, size, opts, deadline):
                       dataset, size["policy_px"], EncoderCounter(tool), prompts=opts.prompts, group=group,
                       steps=opts.steps, max_new_tokens=opts.max_new_tokens, micro_batch=group * opts.prompts,
                       bound_steps_per_s=bound,
-                      after_train=lambda trainer: {"in_sync": parameters_in_sync(trainer.accelerator, policy, tool)})
+                      after_train=lambda trainer: {"in_sync": parameters_in_sync({"policy": policy, "tool": tool},
+                                                                                       trainer.accelerator.device)})
     steady = [s["seconds"] for s in row["per_step"][1:]] or [row["per_step"][0]["seconds"]]
     completions = processes * opts.prompts * group
     record("distributed/summary", processes=processes, completions_per_step=completions,

@@ -45,7 +45,7 @@ def _mean_reward(policy, processor, tool, dataset, policy_image_size, indices, c
     """Mean total reward of ``num_generations`` sampled rollouts on each of ``indices``."""
     groups = rollout_groups(policy, processor, tool, dataset, policy_image_size, indices=indices,
                             group_size=config.num_generations, temperature=config.temperature,
-                            max_new_tokens=config.max_completion_length, seed=seed)
+                            max_new_tokens=config.completion_tokens, seed=seed)
     return float(np.mean([sum(r["rewards"].values()) for group in groups for r in group]))
 
 

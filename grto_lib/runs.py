@@ -11,8 +11,9 @@ TINY_TOOL = REPO_ROOT / "data" / "standins" / "tool"
 """The tiny world's tool stand-in (``python -m grto_lib.tinyworld.standins`` builds it)."""
 
 
-def load_models(config: TrainConfig):
-    """(policy, processor, tool, policy_image_size) of the config's preset.
+def load_models(config: TrainConfig, device=None):
+    """(policy, processor, tool, policy_image_size) of the config's preset, both models moved to ``device`` (None:
+    left on the CPU, where they load; ``train`` passes its accelerator's device, so every phase runs there).
 
     The policy comes from ``policy_path`` (a model folder or hub id, checked by ``config.model_location``) or the preset's
     default; the tool from ``tool_checkpoint`` (a ``save_tool`` folder, or a SAM checkpoint file for the paper
@@ -37,6 +38,9 @@ def load_models(config: TrainConfig):
         tool = load_tool(load_tool_config(checkpoint or TINY_TOOL))
     else:
         tool = load_tool(ToolConfig(preset="vit_h", checkpoint=None if checkpoint is None else str(checkpoint)))
+    if device is not None:
+        policy.to(device)
+        tool.to(device)
     return policy, processor, tool, policy_config.policy_image_size
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, bto_buffer
@@ -32,12 +33,14 @@ from .prompts import system_prompt_for, to_trl_rows, training_order
 from .rewards import RewardWeights
 from .runs import load_models, load_splits
 from .scorer import TERMS, RolloutScorer
-from .trainer import GRTOTrainer, last_complete_checkpoint, save_tool_state
+from .trainer import GRTOTrainer, last_complete_checkpoint, load_tool_state, save_tool_state
 
 RESUMABLE_CHANGES = ("steps", "output_dir", "save_steps", "logging_steps", "curve_every", "curve_size", "eval_size",
                      "micro_batch")
 """The only ``TrainConfig`` fields a resumed run may change (length, bookkeeping, evaluation, memory); every other
 field determines the training numbers and must equal the run folder's saved config."""
+BTO_TOOL_DIR = "bto_tool"
+"""Where ``run_bto`` saves the bootstrapped tool, in the run folder."""
 
 
 def seed_everything(seed: int) -> None:
@@ -46,19 +49,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_run_folder(config: TrainConfig, out: Path) -> None:
-    """A run folder belongs to one configuration: refuse to resume it with another."""
-    saved_path = out / "config.json"
-    if not saved_path.is_file():
+def check_run_folder(config: TrainConfig) -> None:
+    """A run folder belongs to one configuration: raise ValueError if ``config.output_dir`` holds checkpoints of
+    another (``train`` calls it before anything is written; a notebook that writes into the folder first calls it
+    too)."""
+    out = repo_path(config.output_dir)
+    if not (out / "config.json").is_file() or last_complete_checkpoint(out) is None:
         return
-    saved = json.loads(saved_path.read_text())
-    default = TrainConfig()  # a field newer than the saved config had its default then
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES]
-    saved = {k: saved.get(k, getattr(default, k)) for k in fields}
-    differ = {k: (saved[k], getattr(config, k)) for k in fields if saved[k] != getattr(config, k)}
-    if differ and last_complete_checkpoint(out) is not None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = json.loads((out / "config.json").read_text())  # a field newer than the saved config had its default then
+    saved, requested = _run_settings(TrainConfig(**{k: v for k, v in saved.items() if k in known})), _run_settings(config)
+    differ = {k: (saved[k], requested[k]) for k in requested if saved[k] != requested[k]}
+    if differ:
         raise ValueError(f"{out} holds checkpoints of another configuration (saved vs requested: {differ}); "
                          f"choose another output_dir or delete that folder")
+
+
+def _run_settings(config: TrainConfig) -> dict:
+    """The fields that determine a run's numbers (all but ``RESUMABLE_CHANGES``), derived values resolved."""
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)
+                if f.name not in RESUMABLE_CHANGES}
+    settings["max_completion_length"] = config.completion_tokens
+    settings["compile_generation"] = config.compiles_generation
+    return settings
 
 
 class _LearningCurve(TrainerCallback):
@@ -101,7 +114,7 @@ class _LogFile(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():  # resumed: drop what came after the checkpoint
             kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= state.global_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            write_text(self.path, "".join(l + "\n" for l in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -134,9 +147,9 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         epsilon=config.clip_epsilon,
         temperature=config.temperature,
         top_p=1.0,
-        cache_implementation="static" if config.compile_generation else None,
-        pad_to_multiple_of=64 if config.compile_generation else None,
-        max_completion_length=config.max_completion_length,
+        cache_implementation="static" if config.compiles_generation else None,
+        pad_to_multiple_of=64 if config.compiles_generation else None,
+        max_completion_length=config.completion_tokens,
         reward_weights=[getattr(RewardWeights(**config.reward_weights), term) for term in TERMS],
         bf16=on_gpu and config.preset == "paper",
         use_cpu=not on_gpu,
@@ -163,13 +176,16 @@ def _training_rows(train_set, policy_image_size: int, system_prompt: str, seed: 
 
 
 def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int, *,
-                  scorer: RolloutScorer | None = None, **grpo_overrides) -> GRTOTrainer:
+                  scorer: RolloutScorer | None = None, args=None, **grpo_overrides) -> GRTOTrainer:
     """The GRTOTrainer of ``config`` over ``train_set`` (what ``train`` runs; handy in notebooks and tests).
-    Benchmarks may pass their own ``scorer`` and GRPOConfig fields (``grpo_args``' overrides)."""
+    ``args``: the GRPOConfig, when the caller built it already (``train`` does, to place the models first);
+    otherwise ``grpo_args(config, ...)`` with ``grpo_overrides``. Benchmarks may pass their own ``scorer``."""
+    if args is not None and grpo_overrides:
+        raise ValueError("build_trainer takes either args or GRPOConfig overrides, not both")
     scorer = scorer or RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold)
     return GRTOTrainer(
         model=policy, processing_class=processor,
-        args=grpo_args(config, repo_path(config.output_dir), **grpo_overrides),
+        args=args or grpo_args(config, repo_path(config.output_dir), **grpo_overrides),
         train_dataset=_training_rows(train_set, policy_image_size, system_prompt_for(processor), config.seed,
                                      config.rl_prompts),
         scorer=scorer,
@@ -179,55 +195,78 @@ def build_trainer(config: TrainConfig, policy, processor, tool, train_set, polic
     )
 
 
-
 def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> dict:
     """Run ``config`` end to end; returns (and writes to ``metrics.json``) the results.
 
-    Under ``torchrun`` / ``accelerate launch`` with several processes, every process trains; the main process
-    saves, evaluates and returns the metrics (with ``distributed``: whether all processes ended with identical
-    policy and tool parameters), the others return ``{}``.
+    The models go to this process's device (TRL's accelerator's: ``cuda:<local rank>`` on GPUs, else the CPU)
+    as they are loaded, before any work: BTO, RL and evaluation all run there. ``metrics.json`` records, per phase,
+    the seconds, where each model was (``devices``) and the peak GPU memory (``memory``, GiB; None on a CPU).
+
+    Under ``torchrun`` / ``accelerate launch`` with several processes, every process trains, and the main process
+    alone does the rest: it writes every file of the run folder, builds the BTO buffer and bootstraps the tool
+    (the others wait, then load that tool, and all check that their tools are identical before RL starts), records
+    the learning curve and evaluates. It returns the metrics (with ``distributed``: whether all processes ended
+    with identical policy and tool parameters); the others return ``{}``.
     """
     config.validate()  # again: fields may have been changed since the config was built
     config.check_paths()
+    check_run_folder(config)
     out = repo_path(config.output_dir)
-    _check_run_folder(config, out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.to_json(out / "config.json")
+    args = grpo_args(config, out)
+    device = args.device  # with several processes, asking for it starts their process group
+    main = args.process_index == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.to_json(out / "config.json")
     seed_everything(config.seed)
+    clock = time.perf_counter()
     train_set, test_set = load_splits(config)
-    policy, processor, tool, policy_image_size = load_models(config)
+    policy, processor, tool, policy_image_size = load_models(config, device)
+    timing = {"load_seconds": time.perf_counter() - clock, "bto_seconds": 0.0}
+    devices, memory = {}, {"load": _peak_gib(device)}
 
-    timing = {"bto_seconds": 0.0}
     if config.method == "b-grto":
-        timing.update(run_bto(config, policy, processor, tool, train_set, policy_image_size, out))
+        devices["bto"] = model_devices(policy, tool)
+        if main:
+            timing.update(run_bto(config, policy, processor, tool, train_set, policy_image_size, out))
+        if args.world_size > 1:
+            PartialState().wait_for_everyone()
+            if not main:
+                load_tool_state(tool, None, out / BTO_TOOL_DIR)
+            in_sync = parameters_in_sync({"tool": tool}, device)
+            if not in_sync["tool"]:
+                raise RuntimeError(f"the bootstrapped tool differs between processes ({in_sync})")
+        memory["bto"] = _peak_gib(device)
 
-    trainer = build_trainer(config, policy, processor, tool, train_set, policy_image_size)
+    trainer = build_trainer(config, policy, processor, tool, train_set, policy_image_size, args=args)
     curve_indices = list(range(min(config.curve_size, len(test_set))))
     curve = _LearningCurve(
         lambda model: _curve_scores(model, processor, tool, test_set, policy_image_size, curve_indices, config),
         config.curve_every, out / "curve.jsonl", timing["bto_seconds"])
-    if config.curve_every:
-        trainer.add_callback(curve)
-    trainer.add_callback(_LogFile(out / "log.jsonl"))
-    for callback in extra_callbacks:
+    steps = _StepRecord(trainer, devices)
+    for callback in ([curve] if config.curve_every and main else []) + [_LogFile(out / "log.jsonl"), steps,
+                                                                         *extra_callbacks]:
         trainer.add_callback(callback)
 
     checkpoint = last_complete_checkpoint(out) if resume else None
-    start = time.perf_counter()
+    clock = time.perf_counter()
     final = out / "final"
     with no_transformers_progress_bars():  # checkpoints save in moments; TRL's own progress bar stays
         trainer.train(resume_from_checkpoint=checkpoint)
-        timing["train_seconds"] = time.perf_counter() - start
+        timing["train_seconds"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         trainer.save_model(str(final / "policy"))
     timing["rl_seconds_excluding_eval"] = curve.train_seconds if config.curve_every else timing["train_seconds"]
+    timing["rl_step_seconds"] = steps.seconds
+    timing["checkpoint_seconds"] = trainer.checkpoint_seconds
+    memory["rl"] = _peak_gib(device)
 
-    accelerator = trainer.accelerator
     in_sync = None
-    if accelerator.num_processes > 1:
-        in_sync = parameters_in_sync(accelerator, policy, tool)
-        accelerator.wait_for_everyone()
+    if args.world_size > 1:
+        in_sync = {"processes": args.world_size, **parameters_in_sync({"policy": policy, "tool": tool}, device)}
+        PartialState().wait_for_everyone()
         torch.distributed.destroy_process_group()  # before the other processes exit; the rest is the main's
-    if not accelerator.is_main_process:
+    if not main:
         # Free the DDP-wrapped trainer (and the gloo work objects it holds) now: left to interpreter shutdown, their
         # C++ threads can abort the process ("terminate called without an active exception").
         del trainer
@@ -235,13 +274,20 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
         return {}
     processor.save_pretrained(str(final / "policy"))
     save_tool_state(tool, None, final / "tool")
+    timing["final_save_seconds"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    devices["evaluation"] = model_devices(policy, tool)
     test_scores = evaluate_policy(policy, processor, tool, test_set, policy_image_size,
-                                  max_new_tokens=config.max_completion_length)
+                                  max_new_tokens=config.completion_tokens)
+    timing["evaluation_seconds"] = time.perf_counter() - clock
+    memory["evaluation"] = _peak_gib(device)
     metrics = {
         "config": dataclasses.asdict(config),
         "test": test_scores,
         "curve": curve.points if config.curve_every else [],
         "timing": timing,
+        "devices": devices,
+        "memory": memory,
         "resumed_from": checkpoint,
         "distributed": in_sync,
         "log_history": trainer.state.log_history,
@@ -250,41 +296,74 @@ def train(config: TrainConfig, *, resume: bool = True, extra_callbacks=()) -> di
     return metrics
 
 
-def parameters_in_sync(accelerator, policy, tool) -> dict:
-    """Whether every process ends with the same policy and tool parameters: per module, a fingerprint (sum, sum
-    of squares and a fixed random projection, in float64, one parameter at a time so a 3B model needs no copy)
-    is gathered from every process and compared exactly."""
-    result = {"processes": accelerator.num_processes}
-    device = accelerator.device
-    for name, module in (("policy", policy), ("tool", tool)):
+class _StepRecord(TrainerCallback):
+    """Each optimizer step's wall seconds (``seconds``; checkpoint saving and learning-curve evaluation excluded),
+    and where the policy and the tool are when RL starts (``devices["rl"]``)."""
+
+    def __init__(self, trainer: GRTOTrainer, devices: dict):
+        self.trainer, self.devices, self.seconds = trainer, devices, []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.devices["rl"] = model_devices(model, self.trainer.tool)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(round(time.perf_counter() - self._start, 3))
+
+
+def model_devices(policy, tool) -> dict:
+    """Where each model's parameters are, e.g. ``{"policy": "cuda:0", "tool": "cuda:0"}`` (a model spread over
+    several devices lists them all, comma-separated)."""
+    return {name: ",".join(sorted({str(p.device) for p in module.parameters()}))
+            for name, module in (("policy", policy), ("tool", tool))}
+
+
+def _peak_gib(device) -> float | None:
+    """Peak GPU memory allocated on ``device`` since the last call, in GiB (then reset); None on a CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 3)
+
+
+def parameters_in_sync(modules: dict, device) -> dict:
+    """Whether every process holds the same parameters, per module of ``modules`` (name: module): a fingerprint
+    (sum, sum of squares and a fixed random projection, in float64, one parameter at a time so a 3B model needs
+    no copy) is gathered from every process and compared exactly."""
+    from accelerate.utils import gather
+
+    result = {}
+    for name, module in modules.items():
         fingerprint = torch.zeros(3, dtype=torch.float64, device=device)
         generator = torch.Generator(device=device).manual_seed(0)
         for p in module.parameters():
             x = p.detach().to(device, torch.float64).flatten()
             weights = torch.rand(x.numel(), generator=generator, device=device, dtype=torch.float64)
             fingerprint += torch.stack([x.sum(), (x * x).sum(), (x * weights).sum()])
-        gathered = accelerator.gather(fingerprint.unsqueeze(0)).cpu()
+        gathered = gather(fingerprint.unsqueeze(0)).cpu()
         result[name] = bool((gathered == gathered[0]).all())
     return result
 
 
-
-
 def _curve_scores(model, processor, tool, test_set, policy_image_size, indices, config) -> dict:
     scores = evaluate_policy(model, processor, tool, test_set, policy_image_size, indices=indices,
-                             with_cod=False, max_new_tokens=config.max_completion_length)
+                             with_cod=False, max_new_tokens=config.completion_tokens)
     return {k: scores[k] for k in ("giou", "ciou", "box_acc", "format_valid")}
 
 
 def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_image_size, out: Path) -> dict:
-    """Build (or reuse, when its fingerprint matches) the BTO buffer, bootstrap the tool on it, save that tool."""
+    """Build (or reuse, when its fingerprint matches) the BTO buffer, bootstrap the tool on it, save that tool in
+    ``out / BTO_TOOL_DIR``. The models run where they are (``train`` placed them on its device)."""
     start = time.perf_counter()
     records, _ = bto_buffer(policy, processor, tool, train_set, out / "bto_buffer", n_prompts=config.bto_prompts,
                             generations=config.bto_generations, policy_image_size=policy_image_size,
-                            temperature=config.temperature, max_new_tokens=config.max_completion_length,
+                            temperature=config.temperature, max_new_tokens=config.completion_tokens,
                             seed=config.seed)
     buffer_seconds = time.perf_counter() - start
-    tool_dir = out / "bto_tool"
+    tool_dir = out / BTO_TOOL_DIR
     if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,

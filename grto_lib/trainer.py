@@ -18,6 +18,8 @@ This class adds exactly what GRTO needs:
   process (counted in ``nonfinite_loss_skipped``); the loss that replaces it touches every trainable parameter
   with a zero gradient, so data-parallel gradient reduction runs on every process and nothing waits forever;
 * checkpoints also hold the tool and its optimizer (``tool/``), resumable with ``resume_from_checkpoint``;
+* with ``TrainConfig.compile_generation``, ``_generate_single_turn`` gives the static cache one length for the run
+  and hands ``generate`` the model with transformers' own forward, so its compiled decoding step is compiled once;
 * step time is logged in parts: ``time/generate_and_score`` (TRL's generation plus scoring), of which
   ``time/tool_scoring`` is the tool's forward pass and the rewards; ``time/policy_loss`` (policy forward)
   and ``time/tool_loss`` (decoder forward); TRL's ``step_time`` is the whole step, backward passes and
@@ -27,6 +29,7 @@ This class adds exactly what GRTO needs:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -38,6 +41,7 @@ from accelerate.utils import gather
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from trl import GRPOTrainer
+from trl.trainer import grpo_trainer as trl_grpo_trainer
 
 from . import losses
 from .files import atomic_write, write_text
@@ -46,7 +50,8 @@ from .tool import WEIGHTS_FILE, save_tool, trainable_parameters
 
 TRL_VERSION = "1.16.0"
 """The TRL release this trainer is written against. It overrides private methods of ``trl.GRPOTrainer``
-(``_calculate_rewards``, ``_generate_and_score_completions``, ``_prepare_inputs``, ``_compute_loss``) and of
+(``_calculate_rewards``, ``_generate_and_score_completions``, ``_generate_single_turn``, ``_prepare_inputs``,
+``_compute_loss``; ``_generate_single_turn`` also swaps the module's ``unwrap_model_for_generation``) and of
 ``transformers.Trainer`` (``_save_checkpoint``, ``_load_from_checkpoint``, ``_load_optimizer_and_scheduler``), which
 another release may rename or change without notice. The pins (requirements.lock, requirements.txt, pyproject.toml,
 environment.yml) hold it, and ``tests/test_packaging.py`` checks the installed TRL and every overridden method
@@ -97,6 +102,17 @@ class _ToolStep(TrainerCallback):
         self.trainer._step_tool()
 
 
+@contextlib.contextmanager
+def _swapped(owner, name: str, value):
+    """``owner.name`` is ``value`` inside the block."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def _scored_by_the_trainer(name: str):
     """A reward function that only names a reward term for TRL: ``GRTOTrainer._calculate_rewards`` scores every
     term at once and never calls it."""
@@ -118,10 +134,19 @@ class GRTOTrainer(GRPOTrainer):
             raise ValueError("use_liger_kernel=True skips GRPOTrainer._compute_loss, where the GRTO tool loss is "
                              "added (TRL issue #7009): set use_liger_kernel=False")
         super().__init__(reward_funcs=[_scored_by_the_trainer(name) for name in TERMS], **kwargs)
-        if self.args.cache_implementation == "static":
-            # TRL builds its generation config with disable_compile=True; with a static cache, transformers compiles
-            # the decoding step (TrainConfig.compile_generation).
+        # TrainConfig.compile_generation: a static cache, whose decoding step transformers compiles. TRL builds its
+        # generation config with disable_compile=True (lifted here); _generate_single_turn hands the model over.
+        static = self.args.cache_implementation == "static"
+        if static:
             self.generation_config.disable_compile = False
+        self.compiled_generation = static and not (self.use_vllm or self.use_transformers_continuous_batching
+                                                   or self._dist.is_zero3 or self._dist.is_fsdp)
+        self.generation_cache_len: int | None = None  # the static cache's length in tokens, set at the first call
+        if self.accelerator.device.type == "cuda":
+            # cuDNN's attention (torch's default masked-SDPA backend on H100/H200 since 2.11) gives NaN gradients for
+            # query rows that see no key (pytorch #196678): the pad positions of left-padded prompts. Prompts padded
+            # to a multiple of 64 for compiled generation turned the first update's LoRA weights into NaN.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.scorer = scorer
         self.tool = scorer.tool.to(self.accelerator.device)
         self.train_tool = train_tool
@@ -138,7 +163,61 @@ class GRTOTrainer(GRPOTrainer):
         self.tool_batch: ToolBatch | None = None  # the ToolBatch of the generation batch being trained on
         self._nonfinite_in_step = False  # a micro-batch of this optimizer step had a non-finite loss
         self._tool_loss_in_step = 0.0  # this process's share of the step's tool loss
+        self.checkpoint_seconds: list[float] = []  # seconds of each checkpoint saved (_save_checkpoint)
         self.add_callback(_ToolStep(self))
+
+    # --- generation: TRL's call, with the model handed over for a compiled decoding step ---------------------
+    GENERATION_CACHE_HEADROOM = 128
+    """Tokens of static cache beyond the first call's padded prompt and completion: later prompts up to this much
+    longer reuse the same cache length, hence the same compiled decoding step (a token of cache adds about 0.6 MB
+    to each decoding step's reads at 16 completions of the 3B, 0.01 % of its weights)."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's generation call: prompts left padded (to ``pad_to_multiple_of``), ``generate``, completions cut
+        after the end of turn. With ``compiled_generation`` the static cache gets one length for the run
+        (``max_cache_len``: the first call's padded prompt + completion + ``GENERATION_CACHE_HEADROOM``, grown only
+        for a longer prompt) and ``_compiled_generation_model`` hands the model to ``generate`` in place of TRL's
+        ``unwrap_model_for_generation``."""
+        args = (prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        if not self.compiled_generation:
+            return super()._generate_single_turn(*args)
+        multiple = self.pad_to_multiple_of or 1
+        needed = -(-max(len(p) for p in prompt_ids) // multiple) * multiple + self.max_completion_length
+        if self.generation_cache_len is None or needed > self.generation_cache_len:
+            self.generation_cache_len = needed + self.GENERATION_CACHE_HEADROOM
+            self.generation_config.max_cache_len = self.generation_cache_len
+        with _swapped(trl_grpo_trainer, "unwrap_model_for_generation", self._compiled_generation_model):
+            return super()._generate_single_turn(*args)
+
+    @contextlib.contextmanager
+    def _compiled_generation_model(self, model, accelerator, **_trl_options):
+        """The model ``generate`` runs on when its decoding step is compiled (TRL's ``unwrap_model_for_generation``
+        unwraps it from the accelerator's wrappers too), with transformers' own forward in the compiled graph:
+
+        * TRL's fused-LM-head ``forward``, an instance attribute of the base model
+          (``trl.trainer.utils.add_fused_lm_head``), is set aside for the call;
+        * gradient checkpointing stays as it is (TRL switches it off and on around every generation; under
+          ``torch.no_grad`` checkpointed layers run as plain layers anyway), and the input embeddings' hooks that
+          make their output require grad are set aside for the call. Every switch-on registers one more of them
+          (transformers 5.24 removes them only for its own peft integration, not for a ``PeftModel``): TRL's
+          generation and its no-gradient pass around the old log-probabilities add one each per step, and each
+          would change the compiled graph's guards, recompiling the decoding step at every RL step. They matter
+          only to a backward pass.
+        """
+        unwrapped = accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        fused_forward = base.__dict__.pop("forward", None)
+        hooks = base.get_input_embeddings()._forward_hooks
+        aside = {key: hook for key, hook in hooks.items()
+                 if getattr(hook, "__name__", "").startswith("make_inputs_require_grad")}
+        for key in aside:
+            del hooks[key]
+        try:
+            yield unwrapped
+        finally:
+            hooks.update(aside)
+            if fused_forward is not None:
+                base.forward = fused_forward
 
     # --- scoring: once per generation batch, keeping the tool's prompts and embeddings -----------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -273,11 +352,15 @@ class GRTOTrainer(GRPOTrainer):
         are described in the repository's README."""
 
     def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint, then the tool and its optimizer, then the ``COMPLETE`` marker; the seconds it took are
+        appended to ``checkpoint_seconds``."""
+        start = time.perf_counter()
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             save_tool_state(self.tool, self.tool_optimizer, os.path.join(folder, TOOL_CHECKPOINT_DIR))
             write_text(Path(folder) / COMPLETE_MARKER, "ok\n")
+        self.checkpoint_seconds.append(round(time.perf_counter() - start, 3))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Full-model checkpoints are saved with ``save_pretrained``, whose Qwen2.5-VL key names differ from the

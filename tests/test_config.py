@@ -152,6 +152,31 @@ def test_one_default_for_the_tool_weighting_and_the_completion_limit_by_preset()
     tool_settings = ("tool_lr", "tool_loss_weight", "tool_loss", "tool_weighting", "tool_max_grad_norm")
     parameters = inspect.signature(GRTOTrainer.__init__).parameters  # no second set of defaults: TrainConfig's
     assert all(parameters[name].default is inspect.Parameter.empty for name in tool_settings)
-    assert TrainConfig().max_completion_length == 128
-    assert TrainConfig(preset="paper", random_tool=True).max_completion_length == 512
-    assert TrainConfig(preset="paper", random_tool=True, max_completion_length=300).max_completion_length == 300
+    assert TrainConfig().completion_tokens == 128
+    assert TrainConfig(preset="paper", random_tool=True).completion_tokens == 512
+    assert TrainConfig(preset="paper", random_tool=True, max_completion_length=300).completion_tokens == 300
+
+
+def test_the_paper_presets_completion_limit_is_the_same_however_the_config_is_built(tmp_path):
+    """The preset's settings are derived where they are read, so every way of asking for the paper preset gives its
+    completion limit (512) and compiled generation: the
+    constructor, ``dataclasses.replace`` of a tiny config, ``--config tiny.json --preset paper``, and a resumed
+    run's saved ``config.json``; and a run folder saved with the tiny limit spelt out (128) resumes as None."""
+    import dataclasses
+
+    from grto_lib.train import _run_settings, parse_args
+
+    paper = dict(preset="paper", random_tool=True)
+    TrainConfig().to_json(tmp_path / "tiny.json")
+    built = {
+        "constructor": TrainConfig(**paper),
+        "replace": dataclasses.replace(TrainConfig(), **paper),
+        "config file + flags": parse_args(["--config", str(tmp_path / "tiny.json"), "--preset", "paper",
+                                           "--random-tool", "true"])[0],
+    }
+    built["constructor"].to_json(tmp_path / "run_config.json")
+    built["resume"] = TrainConfig.from_json(tmp_path / "run_config.json")
+    assert {name: config.completion_tokens for name, config in built.items()} == dict.fromkeys(built, 512)
+    assert all(config.compiles_generation for config in built.values()) and not TrainConfig().compiles_generation
+    assert _run_settings(TrainConfig(max_completion_length=128)) == _run_settings(TrainConfig())
+    assert _run_settings(TrainConfig(**paper)) != _run_settings(TrainConfig(**paper, max_completion_length=128))

@@ -1,8 +1,9 @@
 """What grto_lib declares and where it writes: pyproject.toml's runtime dependencies are what the package imports
 (in ranges) and its extras what the notebooks, the course and the tests need; requirements.txt, environment.yml and
 requirements.lock pin all of them exactly; relative paths follow one rule; and the built wheel, installed into a
-fresh virtual environment, trains from any folder and writes there."""
+fresh virtual environment of each Python it admits that this machine has, trains from any folder and writes there."""
 import ast
+import importlib.metadata
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,11 @@ NEEDED_WITHOUT_AN_IMPORT = {
     "tensorboard": "every run reports to TensorBoard (grto_lib.train.grpo_args)",
 }
 """Runtime dependencies that no grto_lib module imports, and why they are runtime dependencies all the same."""
+PYTHONS = ("3.11", "3.12", "3.13")
+"""The Pythons pyproject.toml admits; the wheel test runs on each one this machine has (requirements.lock: 3.11's)."""
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
+NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
+"""For another Python's runs: the packages it links from this venv get no bytecode of that Python written there."""
 
 
 def _requirements(lines) -> dict[str, Requirement]:
@@ -106,11 +113,14 @@ def test_installed_trl_is_the_release_whose_private_methods_the_trainer_override
         f"(grto_lib/trainer.py, TRL_VERSION): install the pinned release (pip install -r requirements.lock), or "
         f"port the overrides to the new release and move TRL_VERSION and every pin together")
     assert str(_runtime()["trl"].specifier) == f"=={TRL_VERSION}", "pyproject.toml must pin trl exactly"
-    overrides = ("_calculate_rewards", "_generate_and_score_completions", "_prepare_inputs", "_compute_loss",
-                 "_save_checkpoint", "_load_from_checkpoint", "_load_optimizer_and_scheduler")  # TRL_VERSION's list
+    overrides = ("_calculate_rewards", "_generate_and_score_completions", "_generate_single_turn", "_prepare_inputs",
+                 "_compute_loss", "_save_checkpoint", "_load_from_checkpoint",
+                 "_load_optimizer_and_scheduler")  # TRL_VERSION's list
     missing = [name for name in overrides
                if name not in vars(GRTOTrainer) or not any(name in vars(base) for base in GRTOTrainer.__mro__[1:])]
     assert not missing, f"GRTOTrainer's overrides no longer override anything upstream: {missing}"
+    from trl.trainer import grpo_trainer
+    assert callable(grpo_trainer.unwrap_model_for_generation)  # compiled generation swaps it for its own
 
 
 def _imported_distributions(files) -> dict[str, set[str]]:
@@ -180,9 +190,10 @@ def test_a_missing_stand_in_says_what_to_pass_instead(tmp_path, monkeypatch, in_
         runs.load_models(TrainConfig())
 
 
-def _run(command, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``command`` offline on one thread, with no PYTHONPATH that could lend the new venv a grto_lib."""
-    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")}
+def _run(command, cwd=None, **env) -> subprocess.CompletedProcess:
+    """Run ``command`` offline on one thread, with no PYTHONPATH that could lend the new venv a grto_lib; ``env``
+    adds variables."""
+    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")} | env
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     output = result.stdout[-3000:] + result.stderr[-3000:]
@@ -200,8 +211,10 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _build_wheel(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
     """The wheel of a copy of the package's sources (building in place would leave build/ in the checkout)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "source"
     shutil.copytree(ROOT / "grto_lib", source / "grto_lib", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -212,15 +225,95 @@ def _build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
-def _fresh_venv(folder: Path) -> tuple[Path, Path]:
-    """(python, site-packages) of a new virtual environment that sees this one's packages, grto_lib excepted:
-    each top-level entry of this environment's site-packages is linked into the new one, except grto_lib's
-    editable install (its metadata, its finder and any .pth naming the checkout), so nothing multi-GB is
-    installed twice and only the wheel can provide grto_lib."""
-    _run([sys.executable, "-m", "venv", "--without-pip", str(folder)])
+def _interpreter(version: str) -> str | None:
+    """A Python ``version`` that can make virtual environments: the one running the tests, else ``python<version>``
+    on PATH, else the newest pyenv install of it (pyenv's shims answer only for the versions pyenv has selected)."""
+    if version == RUNNING:
+        return sys.executable
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    installs = [p for p in pyenv.glob(f"{version}.*/bin/python{version}") if re.fullmatch(r"[\d.]+", p.parts[-3])]
+    installs.sort(key=lambda p: [int(n) for n in p.parts[-3].split(".")], reverse=True)
+    for candidate in filter(None, [shutil.which(f"python{version}"), *installs]):
+        if subprocess.run([candidate, "-c", "import ensurepip, venv"], capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def _shareable_entries(version: str) -> list[Path]:
+    """The top-level entries of this environment's site-packages that a venv of Python ``version`` can link instead
+    of installing: those of the runtime dependencies (transitively, markers evaluated for ``version``) installed at
+    the lock's version from a wheel whose files are the same on every Python (``py3-none``, or ``abi3`` that
+    ``version`` loads) and that admits ``version``, unless a distribution not shared also owns the entry (``cuda/``:
+    cuda-bindings). The CUDA libraries, 3.2 GB of a runtime venv's 6.4 GB, are among them."""
+    site_packages = Path(sysconfig.get_path("purelib"))
+    lock = _exact_pins((ROOT / "requirements.lock").read_text().splitlines())
+    minor = int(version.split(".")[1])
+    markers = {"python_version": version, "python_full_version": f"{version}.0"}
+
+    def independent(distribution) -> bool:
+        wheel_file = (distribution.read_text("WHEEL") or "").splitlines()
+        tags = [line.split(":", 1)[1].strip().split("-") for line in wheel_file if line.startswith("Tag:")]
+        return bool(tags) and all((abi == "none" and interpreter in ("py3", "py2", "py2.py3")) or (
+            abi == "abi3" and interpreter.startswith("cp3") and int(interpreter[3:]) <= minor)
+            for interpreter, abi, _ in tags) and f"{version}.0" in SpecifierSet(
+            distribution.metadata["Requires-Python"] or "")
+
+    installed = {canonicalize_name(d.metadata["Name"]): d
+                 for d in importlib.metadata.distributions(path=[str(site_packages)])}
+    entries = {name: {f.parts[0] for f in d.files or () if f.parts[0] not in ("..", "__pycache__")}
+               for name, d in installed.items()}
+    owners, runtime = {}, {}
+    for name in installed:
+        for entry in entries[name]:
+            owners.setdefault(entry, set()).add(name)
+    pending, seen = list(_runtime().values()), set()
+    while pending:
+        requirement = pending.pop()
+        name, extras = canonicalize_name(requirement.name), requirement.extras or {""}
+        if (name, frozenset(extras)) in seen or name not in installed:
+            continue  # a package installed for ``version`` only (setuptools for torch on 3.12+): pip installs it
+        seen.add((name, frozenset(extras)))
+        runtime[name] = installed[name]
+        pending += [dependency for dependency in map(Requirement, runtime[name].requires or ())
+                    if dependency.marker is None or any(dependency.marker.evaluate({**markers, "extra": extra})
+                                                        for extra in extras)]
+    shared = {name for name, distribution in runtime.items()
+              if distribution.version == lock.get(name) and independent(distribution)}
+    while unshareable := {name for name in shared if any(owners[entry] - shared for entry in entries[name])}:
+        shared -= unshareable
+    return sorted({site_packages / entry for name in shared for entry in entries[name]
+                   if (site_packages / entry).exists()})
+
+
+def _runtime_venv(python: str, version: str) -> Path:
+    """site-packages of ``.venv-py<version>`` (git-ignored), a venv of ``python`` with grto_lib's runtime
+    dependencies at the lock's versions (not the notebooks, course or test extras): made on first use (pip
+    downloads from PyPI what it cannot link: _shareable_entries) and reused while the lock, pyproject.toml's
+    dependencies and the interpreter stay the same and its links resolve."""
+    folder = ROOT / f".venv-py{version}"
+    site_packages, stamp = folder / "lib" / f"python{version}" / "site-packages", folder / ".installed"
+    key = "\n".join([str(python), sys.version, (ROOT / "requirements.lock").read_text(), *PROJECT["dependencies"]])
+    if stamp.is_file() and stamp.read_text() == key and all(p.exists() for p in site_packages.iterdir()):
+        return site_packages
+    shutil.rmtree(folder, ignore_errors=True)
+    _run([python, "-m", "venv", str(folder)])
+    for entry in _shareable_entries(version):
+        (site_packages / entry.name).symlink_to(entry)
+    _run([folder / "bin" / "python", "-m", "pip", "install", "--quiet", "-c", ROOT / "requirements.lock",
+          *PROJECT["dependencies"]])
+    stamp.write_text(key)
+    return site_packages
+
+
+def _fresh_venv(folder: Path, python: str, packages: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a new virtual environment of ``python`` that sees the packages of the
+    site-packages folder ``packages``, grto_lib excepted: each top-level entry there is linked into the new one,
+    except grto_lib's editable install (its metadata, its finder and any .pth naming the checkout), so nothing
+    multi-GB is installed twice and only the wheel can provide grto_lib."""
+    _run([python, "-m", "venv", "--without-pip", str(folder)])
     python = folder / "bin" / "python"
     site_packages = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
-    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+    for entry in packages.iterdir():
         editable = entry.name.startswith(("grto_lib", "__editable__")) or (
             entry.suffix == ".pth" and str(ROOT) in entry.read_text(errors="replace"))
         if not editable:
@@ -228,26 +321,46 @@ def _fresh_venv(folder: Path) -> tuple[Path, Path]:
     return python, site_packages
 
 
-@pytest.mark.slow
-def test_the_wheel_installs_in_a_fresh_venv_and_trains_from_another_folder(tmp_path):
-    wheel = _build_wheel(tmp_path)
+def test_the_wheel_holds_grto_lib_and_requires_the_runtime_dependencies_and_pythons(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
-        requires = [line.removeprefix("Requires-Dist:").strip() for line in archive.read(metadata).decode().splitlines()
-                    if line.startswith("Requires-Dist:")]
+        header = archive.read(metadata).decode().split("\n\n", 1)[0]  # then the README
+    fields = [line.split(": ", 1) for line in header.splitlines() if ": " in line]
     assert all(n.startswith(("grto_lib/", "grto_lib-")) for n in names), "the wheel holds files outside grto_lib/"
-    runtime = {canonicalize_name(r.name) for r in map(Requirement, requires) if r.marker is None}
+    requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]
+    runtime = {canonicalize_name(r.name) for r in requires if r.marker is None}
     assert runtime == set(_runtime()) and not runtime & COURSE_AND_TEST_TOOLS, runtime
+    admitted = SpecifierSet(dict(fields)["Requires-Python"])
+    assert [v for v in ("3.10", *PYTHONS, "3.14") if v in admitted] == list(PYTHONS), admitted
+    classifiers = [c.removeprefix("Programming Language :: Python :: ") for c in PROJECT["classifiers"]]
+    assert classifiers == list(PYTHONS), "pyproject.toml's classifiers name the Pythons it admits"
 
-    python, site_packages = _fresh_venv(tmp_path / "venv")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
-          str(wheel)])
-    check = _run([sys.executable, "-m", "pip", "--python", str(python), "check"])
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", PYTHONS)
+def test_the_wheel_installs_in_a_fresh_venv_and_trains_from_another_folder(tmp_path, version, wheel):
+    """On each Python of PYTHONS that this machine has. On the one running the tests the fresh venv links this
+    venv's packages; on another it links those of .venv-py<version> (_runtime_venv: on a fresh machine the first
+    run downloads from PyPI what it cannot link from this venv, 0.9 GB of wheels a Python)."""
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here that makes virtual environments (python{version} on PATH or pyenv's)")
+    packages = Path(sysconfig.get_path("purelib")) if version == RUNNING else _runtime_venv(python, version)
+    extra_env = {} if version == RUNNING else NO_BYTECODE
+    python, site_packages = _fresh_venv(tmp_path / "venv", python, packages)
+    _run([python, "-m", "pip", "install", "--quiet", "--no-index", wheel], **extra_env)  # resolved: those linked
+    check = _run([python, "-m", "pip", "check"], **extra_env)
     assert "No broken requirements found" in check.stdout, check.stdout
-    probe = ("import grto_lib\nprint(grto_lib.__file__)\nprint(grto_lib.config.IN_SOURCE_CHECKOUT)\ntry:\n"
-             "    grto_lib.load_policy(grto_lib.PolicyConfig())\nexcept FileNotFoundError as error:\n    print(error)")
-    installed, in_checkout, missing = _run([python, "-c", probe], cwd=tmp_path).stdout.strip().splitlines()
+    probe = ("import importlib, pkgutil, sys\nimport grto_lib\nprint(grto_lib.__file__)\n"
+             "print(grto_lib.config.IN_SOURCE_CHECKOUT)\ntry:\n    grto_lib.load_policy(grto_lib.PolicyConfig())\n"
+             "except FileNotFoundError as error:\n    print(error)\n"
+             "for module in pkgutil.walk_packages(grto_lib.__path__, 'grto_lib.'):\n"
+             "    if not module.name.startswith('grto_lib.study'):  # the study needs the notebooks extra\n"
+             "        importlib.import_module(module.name)\nprint(sys.version_info[:2])")
+    output = _run([python, "-c", probe], cwd=tmp_path, **extra_env).stdout
+    installed, in_checkout, missing, running = output.strip().splitlines()
+    assert running == str(tuple(map(int, version.split("."))))
     assert Path(installed).is_relative_to(site_packages) and not Path(installed).is_symlink(), installed
     assert in_checkout == "False"
     assert missing.startswith(f"No tiny policy in {tmp_path / 'data' / 'standins' / 'policy'}: an installed grto_lib"
@@ -260,7 +373,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_trains_from_another_folder(tmp_p
     _run([python.parent / "grto-train", "--method", "grto", "--steps", "1", "--prompts-per-step", "2",
           "--num-generations", "2", "--train-size", "4", "--eval-size", "2", "--curve-every", "0", "--save-steps", "1",
           "--policy-path", standins / "policy", "--tool-checkpoint", standins / "tool", "--output-dir", "wheel_run"],
-         cwd=work)
+         cwd=work, **extra_env)
     after = _files(site_packages)
     written = sorted(path for path, stat in after.items() if before.get(path) != stat)
     assert (work / "wheel_run" / "metrics.json").is_file(), (

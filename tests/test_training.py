@@ -52,6 +52,7 @@ def test_bgrto_bootstraps_from_a_buffer_on_disk_and_reuses_it(tmp_path, monkeypa
     assert json.loads((buffer / "meta.json").read_text())["n_rollouts"] == 16
     assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "b" / "bto_tool"))  # BTO moved the tool
     assert metrics["timing"]["bto_seconds"] > 0
+    assert len(metrics["timing"]["rl_step_seconds"]) == 1 and len(metrics["timing"]["checkpoint_seconds"]) == 1
 
     # A second run in a fresh folder that points at the same buffer content must not generate again.
     import grto_lib.bootstrap
@@ -60,6 +61,40 @@ def test_bgrto_bootstraps_from_a_buffer_on_disk_and_reuses_it(tmp_path, monkeypa
     fresh.mkdir()
     (fresh / "bto_buffer").symlink_to(buffer)
     train(TrainConfig(method="b-grto", output_dir=str(fresh), **dict(TINY, steps=1)))
+
+
+def test_every_phase_runs_on_the_device_train_chose(tmp_path, monkeypatch):
+    """The models are on the trainer's device before any work: BTO's rollouts and tool updates, every RL step and
+    the evaluation run there (on a CPU machine the CPU, on a GPU machine cuda), as seen by spies on the calls
+    themselves and as metrics.json records it."""
+    import grto_lib.train
+    from grto_lib.train import grpo_args
+    from transformers import TrainerCallback
+
+    config = TrainConfig(method="b-grto", output_dir=str(tmp_path), **dict(TINY, steps=1, curve_every=0))
+    device = str(grpo_args(config, tmp_path).device)
+    seen = {}
+
+    def spy(name, function, *models):
+        def wrapped(*args, **kwargs):
+            seen[name] = {str(next(args[i].parameters()).device) for i in models}
+            return function(*args, **kwargs)
+        monkeypatch.setattr(grto_lib.train, function.__name__, wrapped)
+
+    spy("bto_rollouts", grto_lib.train.bto_buffer, 0, 2)  # (policy, processor, tool, ...)
+    spy("bto_tool_updates", grto_lib.train.bootstrap_tool, 0)
+    spy("evaluation", grto_lib.train.evaluate_policy, 0, 2)
+
+    class Step(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen["rl"] = {str(next(model.parameters()).device), str(args.device)}
+
+    metrics = train(config, extra_callbacks=[Step()])
+    assert seen == dict.fromkeys(("bto_rollouts", "bto_tool_updates", "rl", "evaluation"), {device})
+    assert metrics["devices"] == dict.fromkeys(("bto", "rl", "evaluation"), {"policy": device, "tool": device})
+    peaks = metrics["memory"]  # GiB on a GPU, None on a CPU
+    assert set(peaks) == {"load", "bto", "rl", "evaluation"}
+    assert all((peak is None) if device == "cpu" else peak > 0 for peak in peaks.values())
 
 
 def test_a_bto_buffer_made_by_another_request_is_rebuilt_and_says_so(tmp_path, caplog):
@@ -355,22 +390,28 @@ def test_grpo_policy_learns_from_reward_alone_on_a_repeated_pool(tmp_path):
     assert last - first > 0.5, f"mean reward {first:.3f} -> {last:.3f}"
 
 
-def test_two_cpu_processes_keep_policy_and_tool_identical(tmp_path):
-    """Two CPU processes (torchrun, gloo; accelerate's own launcher runs CPU jobs in one process): the tool's
-    gradients are averaged like the policy's, so both networks stay identical on every process."""
+def test_two_cpu_processes_bootstrap_once_and_keep_policy_and_tool_identical(tmp_path):
+    """B-GRTO on two CPU processes (torchrun, gloo; accelerate's own launcher runs CPU jobs in one process): the main
+    process alone builds the BTO buffer and bootstraps the tool, the other loads that tool (train() checks they are
+    identical before RL), the tool's gradients are then summed like the policy's, so both networks end identical on
+    every process; the learning curve is recorded once per step."""
     import os
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "grto_lib.train", "--method", "grto", "--steps", "2", "--prompts-per-step", "2",
-               "--num-generations", "4", "--train-size", "16", "--eval-size", "8", "--curve-every", "0",
-               "--tool-lr", "1e-3", "--output-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "grto_lib.train",
+               "--method", "b-grto", "--steps", "2", "--prompts-per-step", "2", "--num-generations", "4",
+               "--train-size", "16", "--eval-size", "8", "--curve-every", "1", "--curve-size", "2",
+               "--bto-prompts", "8", "--bto-steps", "5", "--tool-lr", "1e-3", "--output-dir", str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["distributed"] == {"processes": 2, "policy": True, "tool": True}
-    assert _changed(STANDIN_TOOL, _tool_weights(tmp_path / "final" / "tool"))  # the tool did train
+    assert result.stderr.count("BTO: tool updates: 100%") == 1  # one bootstrap, on the main process
+    assert _changed(_tool_weights(tmp_path / "bto_tool"), _tool_weights(tmp_path / "final" / "tool"))  # RL trained it
+    assert [json.loads(line)["step"] for line in (tmp_path / "curve.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert metrics["devices"] == dict.fromkeys(("bto", "rl", "evaluation"), {"policy": "cpu", "tool": "cpu"})
 
 
 def test_grto_and_bto_on_a_real_format_folder_with_images_of_different_sizes(tmp_path):
@@ -505,7 +546,6 @@ def test_the_paper_preset_trains_a_policy_given_as_a_hugging_face_folder(tmp_pat
     assert hasattr(policy, "peft_config") and any(isinstance(m, RepeatedImagesModel) for m in policy.modules())
     assert system_prompt_for(processor) == SYSTEM_PROMPT
     assert system_prompt_for(load_models(TrainConfig())[1]) == TINY_SYSTEM_PROMPT
-    assert TrainConfig(preset="paper", random_tool=True).max_completion_length == 512
     metrics = train(config)
     assert metrics["test"]["n"] == 1 and 0.0 <= metrics["test"]["format_valid"] <= 1.0
     assert (tmp_path / "final" / "policy" / "adapter_model.safetensors").is_file()
