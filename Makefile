@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 OUT ?= outputs/demo
 
-.PHONY: setup demo test standins results fuzz clean course
+.PHONY: setup demo lab test standins results fuzz clean course
 
 setup: .venv/.installed
 
@@ -28,7 +28,7 @@ PAPERMILL := OMP_NUM_THREADS=1 $(PY) -c "import functools, papermill.cli as cli,
 	cli.papermill(prog_name='papermill')" --no-progress-bar
 
 # The main job: BTO walk-through (02), GRPO, GRTO and B-GRTO on reasonseg (03, three times), their comparison (04).
-# The executed notebooks are trusted, so JupyterLab shows their figures and widgets as saved.
+# The executed notebooks are trusted, so JupyterLab shows their figures and tables as saved.
 demo: setup
 	mkdir -p $(OUT)
 	$(PAPERMILL) notebooks/02_bootstrap_pretraining.ipynb $(OUT)/02_bootstrap_pretraining.ipynb \
@@ -40,7 +40,14 @@ demo: setup
 	$(PAPERMILL) notebooks/04_evaluation.ipynb $(OUT)/04_evaluation.ipynb -p runs_root $(OUT) \
 		-p output_dir $(OUT)/eval_reasonseg
 	$(PY) -m jupyter trust $(OUT)/*.ipynb
-	@echo "executed notebooks, metrics and figures: $(OUT)/  (open them: .venv/bin/jupyter lab $(OUT))"
+	@echo "executed notebooks, metrics and figures: $(OUT)/  (open them: make lab OUT=$(OUT))"
+
+# JupyterLab from the repository root, its file browser on $(OUT) when that folder exists inside it: the notebooks,
+# the demo's outputs and, under Nbgrader, Formgrader's course (the root's nbgrader_config.py). As root it adds
+# --allow-root.
+lab: setup
+	$(PY) -m jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+		$(if $(and $(wildcard $(OUT)),$(filter-out /%,$(OUT))),--LabApp.default_url=/lab/tree/$(OUT))
 
 fuzz: setup
 	HYPOTHESIS_PROFILE=large OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_rewards.py
@@ -50,7 +57,7 @@ clean:
 
 # The paper's claims in miniature (results table, targets and learning curves): 1 to 1.5 hours on 2 cores.
 results: setup
-	$(PY) -m grto_lib.study.results --jobs 2
+	$(PY) -m grto_lib.study.results
 
 # The course's student release, one notebook an assignment: course/release/<assignment>/ (README, the syllabus).
 course: setup

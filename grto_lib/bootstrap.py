@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import losses
 from .files import write_json, write_text
-from .generation import generate_completions, max_new_tokens_for
+from .generation import generate_completions, max_new_tokens_for, progress_bar
 from .geometry import box_on_target
 from .prompts import system_prompt_for
 from .scorer import RolloutScorer
@@ -149,7 +148,8 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
     (``TrainConfig.bto_weighting`` maps them to uniform). Each image is encoded once, before the first step; the
     embeddings wait on the CPU when the tool is on a GPU, and each step moves only its batch's images there.
 
-    Returns ``{"losses": [per-step loss], "seconds": wall time, "valid_rollouts": n}``.
+    Returns ``{"losses": [per-step loss], "seconds": wall time, "trained_rollouts": n}``, n being the buffer
+    rollouts that ``weighting`` selects.
     """
     start = time.perf_counter()
     if weighting not in ("uniform", "on_target"):
@@ -179,7 +179,7 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
     optimizer = torch.optim.Adam(parameters, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    for _ in tqdm(range(steps), desc="BTO: tool updates"):
+    for _ in progress_bar(range(steps), "BTO: tool updates"):
         batch = torch.randint(len(usable), (min(batch_size, len(usable)),), generator=generator)
         images, rows = torch.unique(image_index[batch], return_inverse=True)  # this batch's images, and each row's
         logits = tool.decode(embeddings[images].to(device), rows.to(device), boxes[batch].to(device),
@@ -191,4 +191,4 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
         torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         optimizer.step()
         history.append(loss.item())
-    return {"losses": history, "seconds": time.perf_counter() - start, "valid_rollouts": len(usable)}
+    return {"losses": history, "seconds": time.perf_counter() - start, "trained_rollouts": len(usable)}

@@ -7,7 +7,6 @@ keeps vision inputs aligned for every vision-language model.
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from .config import COMPLETION_TOKENS
 from .prompts import build_messages, policy_view, system_prompt_for
@@ -19,6 +18,26 @@ def max_new_tokens_for(processor) -> int:
     ``config.COMPLETION_TOKENS["paper"]`` (512, room for a real model's reasoning). Training uses
     ``TrainConfig.max_completion_length``, which defaults to the same numbers."""
     return getattr(processor, "max_new_tokens", COMPLETION_TOKENS["paper"])
+
+
+def progress_bar(items, description: str):
+    """``items`` (a sized iterable), with a progress bar labelled ``description``: in a notebook's kernel an HTML
+    bar updated in place (transformers' ``NotebookProgressBar``, the look of the trainer's own progress, which a
+    saved notebook keeps as it ended; no widget, no stderr), elsewhere tqdm's, on stderr."""
+    from transformers.utils import is_in_notebook
+
+    if not is_in_notebook():
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=description)
+        return
+    from transformers.utils.notebook import NotebookProgressBar
+
+    bar = NotebookProgressBar(len(items), prefix=description)
+    bar.update(0)
+    for done, item in enumerate(items, 1):
+        yield item
+        bar.update(done)
 
 
 def _tokenizer(processor):
@@ -42,7 +61,7 @@ def generate_completions(model, processor, samples, policy_image_size: int, *, n
     requests = [(i, s) for i, s in enumerate(samples) for _ in range(n)]
     outputs: list[list[str]] = [[] for _ in samples]
     starts = range(0, len(requests), batch_size)
-    for start in starts if progress is None else tqdm(starts, desc=progress):
+    for start in starts if progress is None else progress_bar(starts, progress):
         chunk = requests[start:start + batch_size]
         texts, images = [], []
         for i, sample in chunk:

@@ -371,7 +371,7 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
                             weighting=config.bto_weighting, max_grad_norm=config.tool_max_grad_norm)
     save_tool_state(tool, None, tool_dir)
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
-               "bto_tool_seconds": result["seconds"], "bto_valid_rollouts": result["valid_rollouts"],
+               "bto_tool_seconds": result["seconds"], "bto_trained_rollouts": result["trained_rollouts"],
                "bto_losses": result["losses"]}
     write_json(out / "bto.json", summary)
     return {k: v for k, v in summary.items() if k != "bto_losses"}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,11 @@ def _run(notebook, out, cwd, check=True, **parameters):
     return result
 
 
+def _stderr(notebook) -> list[str]:
+    """The stderr streams of an executed notebook (JupyterLab shows them as pink boxes)."""
+    return [o["text"] for c in notebook.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+
+
 def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
     small = dict(steps=2, prompts_per_step=2, num_generations=4, bto_steps=5)
     _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "a.ipynb", ROOT,
@@ -49,18 +55,38 @@ def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
     _run("03_joint_training.ipynb", tmp_path / "b.ipynb", ROOT / "notebooks",
          method="grpo", output_dir=str(tmp_path / "from_notebooks"), **small)
     executed = nbformat.read(tmp_path / "a.ipynb", as_version=4)
-    training_cell = next(c for c in executed.cells if "LivePlot()" in c.source)
+    training_cell = next(c for c in executed.cells if "LivePlot(" in c.source)
     figures = [o for o in training_cell.outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 1, "the training figure is drawn once, updated in place"
+    assert not _stderr(executed), _stderr(executed)
     for run in ("from_root", "from_notebooks"):
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["test"]["n"] == 200 and 0 <= metrics["test"]["giou"] <= 1
         assert metrics["test"]["format_valid"] > 0.5
         assert (tmp_path / run / "training.png").is_file()
+        # a run shorter than the default logging interval still logs every step and draws its learning curve
+        assert [e["step"] for e in metrics["log_history"] if "loss" in e] == [1, 2]
+        assert [p["step"] for p in metrics["curve"]] == [0, 1, 2]
         # the step by hand: one update of each, on the group it was computed from, lowers both losses
         by_hand = json.loads((tmp_path / run / "step_by_hand.json").read_text())
         assert by_hand["policy_loss"][1] < by_hand["policy_loss"][0], by_hand
         assert by_hand["tool_loss"][1] < by_hand["tool_loss"][0] or by_hand["tool_loss"] == [0.0, 0.0], by_hand
+
+
+def test_a_run_into_a_folder_of_another_configuration_stops_before_writing_there(tmp_path):
+    """03 with the default output_dir of a method that already holds a run with other settings (a seed here): the
+    config cell refuses the folder, before the step by hand writes step_by_hand.json into it."""
+    from grto_lib.config import TrainConfig
+    from grto_lib.trainer import COMPLETE_MARKER
+
+    folder = tmp_path / "reasonseg_grto"
+    (folder / "checkpoint-20").mkdir(parents=True)
+    (folder / "checkpoint-20" / COMPLETE_MARKER).write_text("ok\n")
+    TrainConfig(method="grto", seed=1, output_dir=str(folder)).to_json(folder / "config.json")
+    result = _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "03.ipynb", ROOT, check=False,
+                  method="grto", steps=2, output_dir=str(folder))
+    assert result.returncode != 0 and "holds checkpoints of another configuration" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-20", "config.json"]
 
 
 @pytest.mark.parametrize("parameters,message", [
@@ -82,6 +108,13 @@ def test_bootstrap_notebook_improves_the_tool_on_the_buffer(tmp_path):
          bto_prompts=16, bto_generations=4, bto_steps=40, eval_size=16, output_dir=str(tmp_path / "bto"))
     metrics = json.loads((tmp_path / "bto" / "metrics.json").read_text())
     assert metrics["final_loss"] < metrics["first_loss"]
+    executed = nbformat.read(tmp_path / "02.ipynb", as_version=4)
+    assert not _stderr(executed), _stderr(executed)  # the progress bars are HTML, drawn in place
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    progress = [o for o in outputs if "<progress" in o.get("data", {}).get("text/html", "")]
+    assert len(progress) == 2, progress  # the buffer's rollouts, the tool's updates
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "bbox: [" in printed and "points: [[" in printed  # the example record, whole
     assert (tmp_path / "bto" / "tool" / "tool.safetensors").is_file()
     assert (tmp_path / "bto" / "bto_loss.png").is_file()
 
@@ -94,6 +127,40 @@ def test_evaluation_notebook_writes_the_table(tmp_path):
     assert rows["untrained_tool_true_boxes"]["giou"] > rows["reference"]["giou"]  # true boxes beat the stand-in policy
     assert rows["reference"]["n"] == 16
     assert "| untrained_tool_true_boxes |" in (tmp_path / "eval" / "table.md").read_text()
+    explorer = nbformat.read(tmp_path / "04.ipynb", as_version=4).cells[-1].outputs
+    assert [list(o["data"]) for o in explorer] == [["text/html", "text/plain"]]  # no widget: it renders saved
+    assert explorer[0]["data"]["text/html"].count("<details") == 2
+
+
+def test_what_rl_changed_picks_the_samples_its_rule_names():
+    """Two fixed, then the broken one, then a third fixed to make four, shown in test order; an answer that does not
+    parse is never on target; with nothing changed, the first samples."""
+    from types import SimpleNamespace
+
+    from grto_lib.study.plots import what_rl_changed
+
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:6, 2:6] = True
+    samples = [SimpleNamespace(mask=mask)] * 8
+    on, off = np.array([2.0, 2, 6, 6]), np.array([0.0, 0, 2, 2])
+    record = lambda box, valid=True: {"box": box, "valid": valid}  # noqa: E731
+    before = [record(off), record(on, valid=False), record(on), record(off), record(on), record(off), record(on),
+              record(off)]
+    after = [record(off), record(on), record(off), record(on), record(on), record(on), record(on), record(off)]
+    changed = what_rl_changed(samples, before, after)
+    assert changed == {"fixed": [1, 3, 5], "broken": [2], "shown": [1, 2, 3, 5]}
+    assert what_rl_changed(samples, before, before)["shown"] == [0, 1, 2, 3]
+
+
+def test_the_live_plot_says_why_grpo_has_no_tool_loss():
+    import matplotlib.pyplot as plt
+
+    from grto_lib.study.plots import LivePlot
+
+    for frozen in (True, False):
+        figure = LivePlot(live=False, frozen_tool=frozen).draw()
+        assert ["the tool is frozen under GRPO" in t.get_text() for t in figure.axes[2].texts] == [True] * frozen
+        plt.close(figure)
 
 
 def test_derivation_outputs_reproduce():

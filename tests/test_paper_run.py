@@ -30,7 +30,7 @@ def test_the_paper_presets_b_grto_command_runs_every_phase_on_the_chosen_device_
         assert run["test"]["n"] == 4 and run["test"]["format_valid"] == 1.0  # the folder's forced answer parses
         timing = run["timing"]
         assert all(timing[k] > 0 for k in ("load_seconds", "final_save_seconds", "evaluation_seconds"))
-    assert first["resumed_from"] is None and first["bto"]["bto_valid_rollouts"] == 8
+    assert first["resumed_from"] is None and first["bto"]["bto_trained_rollouts"] == 8
     assert first["timing"]["bto_buffer_seconds"] > 0 and first["timing"]["bto_tool_seconds"] > 0
     assert len(first["timing"]["rl_step_seconds"]) == 2 and len(first["timing"]["checkpoint_seconds"]) == 1
     assert resumed["resumed_from"].endswith("checkpoint-2")

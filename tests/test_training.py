@@ -176,8 +176,8 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_matches_the_target():
     on, off = mask_to_box(dataset[0].mask).tolist(), [0.0, 0.0, 2.0, 2.0]
     records = [{"sample_index": i, "valid": True, "bbox": box, "points": [[1.0, 1.0], [1.0, 1.0]]}
                for i, box in ((0, on), (0, off), (1, off))]
-    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="uniform")["valid_rollouts"] == 3
-    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="on_target")["valid_rollouts"] == 1
+    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="uniform")["trained_rollouts"] == 3
+    assert bootstrap_tool(tool, dataset, records, steps=1, weighting="on_target")["trained_rollouts"] == 1
     with pytest.raises(ValueError, match="matches the target"):
         bootstrap_tool(tool, dataset, records[1:], steps=1, weighting="on_target")
 

@@ -1,5 +1,6 @@
-"""Figures and widgets for the notebooks: samples with prompts and masks, loss and learning curves, a live
-training plot and an explorer of rollout groups. Every figure function returns its matplotlib Figure.
+"""Figures for the notebooks: samples with prompts and masks, the same samples answered by several policies, loss
+and learning curves, a live training plot and an explorer of rollout groups (plain HTML). Every figure function
+returns its matplotlib Figure.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from transformers import TrainerCallback
 
 from grto_lib.geometry import box_on_target
@@ -94,6 +96,48 @@ def qualitative_grid(samples, records, columns: int = 4, title=None):
                        title=title)
 
 
+def on_target(samples, records) -> np.ndarray:
+    """[N] bool: whether each evaluation record's box is on target (box IoU > 0.5 with the target's tight box, the
+    box-accuracy criterion); an answer that does not parse never is."""
+    boxes = [r["box"] if r["valid"] else np.zeros(4) for r in records]
+    return box_on_target(boxes, [s.mask for s in samples]) & np.array([r["valid"] for r in records], dtype=bool)
+
+
+def what_rl_changed(samples, before, after, shown: int = 4) -> dict:
+    """Where two policies' boxes differ, as evaluation records on the same ``samples``: ``fixed``, the indices
+    whose box is on target ``after`` but not ``before``, and ``broken``, the reverse, both in sample order;
+    ``shown``, the samples a figure shows, by a fixed rule: the first ``shown // 2`` fixed and the first broken
+    ones up to ``shown``, topped up with more fixed, then more broken, then unchanged samples, all in sample
+    order (sorted)."""
+    hit_before, hit_after = on_target(samples, before), on_target(samples, after)
+    fixed = np.flatnonzero(hit_after & ~hit_before).tolist()
+    broken = np.flatnonzero(hit_before & ~hit_after).tolist()
+    picked = fixed[:shown // 2]
+    picked += broken[:shown - len(picked)]
+    for more in (fixed, broken, range(len(samples))):
+        picked += [i for i in more if i not in picked][:shown - len(picked)]
+    return {"fixed": fixed, "broken": broken, "shown": sorted(picked)}
+
+
+def comparison_grid(samples, records: dict, indices, title=None):
+    """The same samples (columns: ``indices`` into ``samples``) answered by several policies (rows: ``records``,
+    name -> evaluation records on ``samples``): each panel shows the box, points and mask, and says whether the
+    box is on target, the mask's IoU and the policy's reading; the top row also gives the query."""
+    chosen = [samples[i] for i in indices]
+    panels, titles = [], []
+    for row, (name, model_records) in enumerate(records.items()):
+        rows = [model_records[i] for i in indices]
+        for sample, record, hit in zip(chosen, rows, on_target(chosen, rows)):
+            status = "does not parse" if not record["valid"] else "on target" if hit else "off target"
+            query = textwrap.fill(sample.query, 40) + "\n" if row == 0 else ""
+            titles.append(f"{query}{name}: {status}, IoU {record['iou']:.2f}\n{_reasoning(record['completion'], 40)}")
+            panels.append(record)
+    return sample_grid(chosen * len(records), preds=[r["mask"] for r in panels],
+                       boxes=[r["box"] if r["valid"] else None for r in panels],
+                       points=[r["points"] if r["valid"] else None for r in panels], titles=titles,
+                       columns=len(chosen), title=title)
+
+
 def _reasoning(completion: str, width: int) -> str:
     """The end of the thought, where the stand-in reads the query and picks (``... means X = pick``), whole,
     wrapped to lines of at most ``width`` characters."""
@@ -130,19 +174,22 @@ def plot_learning_curves(curves: dict, *, metric: str = "giou", reference: dict 
         ax.set_ylabel(f"test {metric}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
 
 class LivePlot(TrainerCallback):
     """Reward, mask IoU and tool loss, redrawn at every log in one figure of the notebook (when the backend is
-    Jupyter's inline one), updated in place below TRL's progress bar, which stays visible; ``save`` writes it."""
+    Jupyter's inline one), updated in place below TRL's progress bar, which stays visible; ``save`` writes it.
+    ``frozen_tool``: the run trains no tool (GRPO), so its tool-loss panel says so instead of staying empty."""
 
     KEYS = (("reward", "total reward"), ("rewards/mask/mean", "mask IoU reward"), ("tool/loss", "tool loss"))
 
-    def __init__(self, live: bool | None = None):
+    def __init__(self, live: bool | None = None, frozen_tool: bool = False):
         self.history = {key: [] for key, _ in self.KEYS}
         self.live = matplotlib.get_backend().lower().endswith("inline") if live is None else live
+        self.frozen_tool = frozen_tool
         self._display = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -162,11 +209,18 @@ class LivePlot(TrainerCallback):
         """The figure of the curves so far (the caller closes it)."""
         figure, axes = plt.subplots(1, 3, figsize=(12, 3))
         for ax, (key, title) in zip(axes, self.KEYS):
+            ax.set_title(title)
+            if key == "tool/loss" and self.frozen_tool:
+                ax.text(0.5, 0.5, "no tool loss:\nthe tool is frozen under GRPO", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
             if self.history[key]:
                 steps, values = zip(*self.history[key])
                 ax.plot(steps, values, marker="o", markersize=3)
-            ax.set_title(title)
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         figure.tight_layout()
         return figure
@@ -181,42 +235,40 @@ class LivePlot(TrainerCallback):
 def rollout_group_figure(sample, group, columns: int = 4):
     """One test prompt's G sampled rollouts, scored as training scores them: each panel shows the box, points and
     the tool's mask, the reward terms (weighted by ``RewardWeights``), their total r, the group advantage A,
-    whether the box is on target (box IoU > 0.5: the rollouts the tool trains on, ``on_target``) and the
-    policy's reading, whole."""
-    boxes = [np.zeros(4) if r["box"] is None else r["box"] for r in group]
-    on_target = box_on_target(boxes, [sample.mask] * len(group))
+    whether the box is on target (box IoU > 0.5: the rollouts the tool trains on, ``on_target``) or the answer
+    does not parse, and the policy's reading, whole."""
     titles = [f"r = {sum(r['rewards'].values()):.2f}   A = {r['advantage']:+.2f}   "
-              f"{'invalid' if not r['valid'] else 'on target' if hit else 'off target'}\n"
+              f"{'does not parse' if not r['valid'] else 'on target' if hit else 'off target'}\n"
               + textwrap.fill("  ".join(f"{k} {v:.2f}" for k, v in r["rewards"].items()), 34) + "\n"
-              + _reasoning(r["completion"], 34) for r, hit in zip(group, on_target)]
+              + _reasoning(r["completion"], 34) for r, hit in zip(group, on_target([sample] * len(group), group))]
     return sample_grid([sample] * len(group), preds=[r["mask"] for r in group], boxes=[r["box"] for r in group],
                        points=[r["points"] for r in group], columns=columns, titles=titles, panel=(2.4, 3.6),
                        title=f"{sample.query}: {len(group)} rollouts (weighted reward terms, total r, advantage A)")
 
 
 def rollout_explorer(samples, groups, dpi: int = 100):
-    """ipywidgets browser of rollout groups: a slider over the samples, the figure of each one's G rollouts
-    (``rollout_group_figure``) in an ``Image`` widget (no ``Output`` capture: papermill-safe).
+    """A browser of rollout groups: one collapsible section per sample (the first open, the others a click away),
+    titled with the query and how many rollouts are on target, holding the figure of its G rollouts
+    (``rollout_group_figure``) as an embedded PNG. Plain HTML, no widget and no script: a saved notebook shows it
+    as it ran, with or without a kernel, trusted or not.
 
     ``groups[i]``: the rollouts of ``samples[i]``, dicts with ``completion``, ``valid``, ``box``, ``points``,
     ``mask`` (or None), ``rewards`` (term -> weighted value) and ``advantage``, as ``evaluate.rollout_groups``
-    makes them. The slider redraws only while the notebook's kernel runs; the output also carries the first
-    figure as a plain PNG, which a notebook viewer without the widget (or an untrusted notebook) shows instead.
+    makes them. Returns an ``IPython.display.HTML`` (a cell shows it).
     """
-    import ipywidgets as widgets
-    from IPython.display import display
+    from html import escape
 
-    def png(i: int) -> bytes:
-        fig = rollout_group_figure(samples[i], groups[i])
+    from IPython.display import HTML
+
+    sections = []
+    for k, (sample, group) in enumerate(zip(samples, groups)):
+        fig = rollout_group_figure(sample, group)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi)
         plt.close(fig)
-        return buffer.getvalue()
-
-    first = png(0)
-    slider = widgets.IntSlider(min=0, max=len(samples) - 1, description="sample")
-    image = widgets.Image(value=first, format="png")
-    slider.observe(lambda change: setattr(image, "value", png(change["new"])), names="value")
-    box = widgets.VBox([slider, image])
-    display({**box._repr_mimebundle_(), "image/png": base64.b64encode(first).decode()}, raw=True)
-    return box
+        summary = (f"{escape(sample.id)}, {escape(sample.query)}: {on_target([sample] * len(group), group).sum()} "
+                   f"of {len(group)} rollouts on target")
+        sections.append(f"<details{' open' if k == 0 else ''}><summary>{summary}</summary>"
+                        f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}' "
+                        f"style='max-width: 100%'></details>")
+    return HTML("".join(sections))
