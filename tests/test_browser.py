@@ -154,8 +154,8 @@ def test_notebook_04_runs_and_the_rollout_explorer_opens_each_group(lab, tmp_pat
 
 def _demo_commands(out: Path) -> list[str]:
     """The shell commands ``make demo OUT=out`` runs (``make -n`` prints them)."""
-    printed = subprocess.run(["make", "-n", "demo", f"OUT={out}"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout
+    printed = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"OUT={out}"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout  # under `make test` too
     return printed.replace("\\\n", " ").splitlines()
 
 
@@ -212,8 +212,8 @@ def test_make_lab_opens_the_demo_outputs_and_formgrader_shows_the_course(tmp_pat
     (repository / "outputs" / "demo").mkdir(parents=True)
     (repository / "outputs" / "demo" / "04_evaluation.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook()))
     shutil.copy(ROOT / "Makefile", repository)
-    printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", "lab"], cwd=repository, capture_output=True,
-                             text=True, check=True).stdout
+    printed = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.installed", "lab"], cwd=repository,
+                             capture_output=True, text=True, check=True).stdout
     command = printed.replace("\\\n", " ").strip()
     assert "--LabApp.default_url=/lab/tree/outputs/demo" in command, command
     (tmp_path / "home").mkdir()

@@ -1,5 +1,6 @@
 """GRPO / GRTO / B-GRTO on TRL with the tiny world's stand-ins: mechanics, equivalence with TRL, resume, learning."""
 import json
+import re
 
 import pytest
 import torch
@@ -408,7 +409,7 @@ def test_two_cpu_processes_bootstrap_once_and_keep_policy_and_tool_identical(tmp
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["distributed"] == {"processes": 2, "policy": True, "tool": True}
-    assert result.stderr.count("BTO: tool updates: 100%") == 1  # one bootstrap, on the main process
+    assert len(re.findall(r"BTO: tool updates:\s+0%", result.stderr)) == 1  # one bootstrap, on the main process
     assert _changed(_tool_weights(tmp_path / "bto_tool"), _tool_weights(tmp_path / "final" / "tool"))  # RL trained it
     assert [json.loads(line)["step"] for line in (tmp_path / "curve.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert metrics["devices"] == dict.fromkeys(("bto", "rl", "evaluation"), {"policy": "cpu", "tool": "cpu"})
