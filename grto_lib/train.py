@@ -365,7 +365,8 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
     buffer_seconds = time.perf_counter() - start
     tool_dir = out / BTO_TOOL_DIR
     if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
-        return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}  # resumed: BTO was done
+        load_tool_state(tool, None, tool_dir)  # resumed: BTO was done (the checkpoint's tool replaces it in RL)
+        return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
                             batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed,
                             weighting=config.bto_weighting, max_grad_norm=config.tool_max_grad_norm)

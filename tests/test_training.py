@@ -414,6 +414,12 @@ def test_two_cpu_processes_bootstrap_once_and_keep_policy_and_tool_identical(tmp
     assert [json.loads(line)["step"] for line in (tmp_path / "curve.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert metrics["devices"] == dict.fromkeys(("bto", "rl", "evaluation"), {"policy": "cpu", "tool": "cpu"})
 
+    resumed = subprocess.run([*command[:command.index("--steps") + 1], "3", *command[command.index("--steps") + 2:]],
+                             env=env, capture_output=True, text=True, timeout=900)  # both start from the bootstrap
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("checkpoint-2") and metrics["distributed"]["tool"]
+
 
 def test_grto_and_bto_on_a_real_format_folder_with_images_of_different_sizes(tmp_path):
     """A LISA-format ReasonSeg folder (jpg + labelme json) whose images differ in size, with an ignore region:
