@@ -33,6 +33,7 @@ from .prompts import system_prompt_for, to_trl_rows, training_order
 from .rewards import RewardWeights
 from .runs import load_models, load_splits
 from .scorer import TERMS, RolloutScorer
+from .tool import WEIGHTS_FILE
 from .trainer import GRTOTrainer, last_complete_checkpoint, load_tool_state, save_tool_state
 
 RESUMABLE_CHANGES = ("steps", "output_dir", "save_steps", "logging_steps", "curve_every", "curve_size", "eval_size",
@@ -58,7 +59,8 @@ def check_run_folder(config: TrainConfig) -> None:
         return
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = json.loads((out / "config.json").read_text())  # a field newer than the saved config had its default then
-    saved, requested = _run_settings(TrainConfig(**{k: v for k, v in saved.items() if k in known})), _run_settings(config)
+    saved = _run_settings(TrainConfig(**{k: v for k, v in saved.items() if k in known}))
+    requested = _run_settings(config)
     differ = {k: (saved[k], requested[k]) for k in requested if saved[k] != requested[k]}
     if differ:
         raise ValueError(f"{out} holds checkpoints of another configuration (saved vs requested: {differ}); "
@@ -364,7 +366,7 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
                             seed=config.seed)
     buffer_seconds = time.perf_counter() - start
     tool_dir = out / BTO_TOOL_DIR
-    if last_complete_checkpoint(out) is not None and (tool_dir / "tool.safetensors").is_file():
+    if last_complete_checkpoint(out) is not None and (tool_dir / WEIGHTS_FILE).is_file():
         load_tool_state(tool, None, tool_dir)  # resumed: BTO was done (the checkpoint's tool replaces it in RL)
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
