@@ -8,8 +8,8 @@
    layer, whose ids beyond that vocabulary decode to nothing. A random policy never writes a parseable answer, and
    BTO would have no rollout to train the tool on: the folder's ``generation_config.json`` carries a
    ``sequence_bias`` that steers ``generate`` to one fixed parseable answer (``FORCED_ANSWER``, 29 tokens with the
-   end of turn). Every phase generates it: BTO's rollouts, the evaluation, and RL's rollouts too (TRL lays its own sampling settings over the model's generation config,
-   which keeps the bias). So every rollout is valid and the tool trains in BTO and RL, but completions are 29
+   end of turn). Every phase generates it: BTO's rollouts, the evaluation, and RL's rollouts too (TRL lays its own
+   sampling settings over the model's generation config, which keeps the bias). So every rollout is valid and the tool trains in BTO and RL, but completions are 29
    tokens long: the RL steps here are not the 256-token steps of ``paper_step.py``.
 2. Runs the user's command in a subprocess: ``python -m grto_lib.train --preset paper --policy-path <folder>
    --random-tool true --method b-grto`` (``--size tiny``: the tiny tool stand-in instead of a random ViT-H, which
