@@ -2,15 +2,15 @@
 
 1. Writes a Qwen2.5-VL model folder in Hugging Face's layout (``config.json``, safetensors weights,
    ``generation_config.json`` and the stock ``Qwen2_5_VLProcessor``'s files), as a researcher passes it in
-   ``--policy-path``: random weights of Qwen2.5-VL-3B's architecture (``--size paper``) or of a toy one
-   (``--size tiny``, with an output layer the size of the tokenizer). No weights or tokenizer can be downloaded
-   here, so the tokenizer is the tiny world's word-level one; the paper size keeps Qwen's 151,936-entry output
-   layer, whose ids beyond that vocabulary decode to nothing. A random policy never writes a parseable answer, and
-   BTO would have no rollout to train the tool on: the folder's ``generation_config.json`` carries a
-   ``sequence_bias`` that steers ``generate`` to one fixed parseable answer (``FORCED_ANSWER``, 29 tokens with the
-   end of turn). Every phase generates it: BTO's rollouts, the evaluation, and RL's rollouts too (TRL lays its own
-   sampling settings over the model's generation config, which keeps the bias). So every rollout is valid and the tool trains in BTO and RL, but completions are 29
-   tokens long: the RL steps here are not the 256-token steps of ``paper_step.py``.
+   ``--policy-path``: random weights of Qwen2.5-VL-3B's architecture (``--size paper``) or of a toy one (``--size
+   tiny``, with an output layer the size of the tokenizer). No weights or tokenizer can be downloaded here, so the
+   tokenizer is the tiny world's word-level one; the paper size keeps Qwen's 151,936-entry output layer, whose ids
+   beyond that vocabulary decode to nothing. A random policy never writes a parseable answer, and BTO would have no
+   rollout to train the tool on: the folder's ``generation_config.json`` carries a ``sequence_bias`` that steers
+   ``generate`` to one fixed parseable answer (``FORCED_ANSWER``, 29 tokens with the end of turn). Every phase
+   generates it: BTO's rollouts, the evaluation, and RL's rollouts too (TRL lays its own sampling settings over the
+   model's generation config, which keeps the bias). So every rollout is valid and the tool trains in BTO and RL,
+   but completions are 29 tokens long: the RL steps here are not the 256-token steps of ``paper_step.py``.
 2. Runs the user's command in a subprocess: ``python -m grto_lib.train --preset paper --policy-path <folder>
    --random-tool true --method b-grto`` (``--size tiny``: the tiny tool stand-in instead of a random ViT-H, which
    would take minutes an image on a CPU) with small counts: BTO on ``--bto-prompts`` prompts, ``--steps`` RL
