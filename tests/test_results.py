@@ -2,6 +2,7 @@
 the machine, and a failed run is reported without stopping the others."""
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,8 @@ def test_a_failed_run_stops_neither_the_others_nor_the_tables(tmp_path, monkeypa
             raise results.RunFailed("exit status 1: CUDA out of memory (log: log.txt)", "step 1\nCUDA out of memory")
         folder = Path(config.output_dir)
         folder.mkdir(parents=True)
+        (folder / "metrics.json").touch()  # half-written while the other job ends: the study must not read it yet
+        time.sleep(0.05)
         (folder / "metrics.json").write_text(json.dumps(_fake_metrics(name, config.steps)))
         if config.method == "b-grto":
             (folder / "bto.json").write_text(json.dumps({"bto_seconds": 3.0}))

@@ -208,7 +208,10 @@ def run_all(jobs: int = 2) -> tuple[dict, dict[str, str]]:
     with ThreadPoolExecutor(jobs) as pool:
         running = {}  # future -> run name
         while pending or waiting or running:
+            unfinished = {*running.values(), *(name for name, _ in pending)}
             for dataset, seed in list(waiting):
+                if {path.parent.name for path in control_inputs(dataset, seed)} & unfinished:
+                    continue  # its runs may still be writing the files it reads
                 config = control_config(dataset, seed)
                 if config is not None:
                     waiting.remove((dataset, seed))
