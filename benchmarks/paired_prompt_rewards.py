@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from grto_lib.config import TrainConfig
+from grto_lib.data import query_kinds, training_order
 from grto_lib.evaluate import rollout_groups
 from grto_lib.files import write_json
-from grto_lib.prompts import training_order
 from grto_lib.runs import TINY_TOOL, load_models, load_run, load_splits
 from grto_lib.study.results import training_rewards
 
@@ -33,9 +33,8 @@ WINDOW = 5
 
 
 def _windows(config: TrainConfig, train_set) -> dict[str, list[int]]:
-    """The sample indices training visited in its first and last ``WINDOW`` steps (``prompts.training_order``)."""
-    kinds = [train_set.scene(i).query_kind if hasattr(train_set, "scene") else None for i in range(len(train_set))]
-    order = [int(i) for i in training_order(kinds, config.seed, config.rl_prompts)]
+    """The sample indices training visited in its first and last ``WINDOW`` steps (``data.training_order``)."""
+    order = [int(i) for i in training_order(query_kinds(train_set), config.seed, config.rl_prompts)]
     per_step = config.prompts_per_step
     visited = [order[k % len(order)] for k in range(config.steps * per_step)]
     return {"first": visited[:WINDOW * per_step], "last": visited[-WINDOW * per_step:]}

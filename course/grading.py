@@ -6,7 +6,7 @@ tests out: this one puts them back without a warning, and still warns when a stu
 
 ``GradeOutsideKernel`` (autograde, after the notebook ran in the student's kernel, before nbgrader saves the grades).
 The kernel ran the checks, but anything the student's code did to that kernel first (patching
-``grto_lib.exercises``, switching off a profiler, faking outputs) could change what they report. This grades each
+``grto_lib.course.exercises``, switching off a profiler, faking outputs) could change what they report. This grades each
 exercise again, where the student's code cannot reach the checks:
 
 * it reads the submitted code (``scan``): an answer that calls a function the exercise re-implements
@@ -60,8 +60,9 @@ a two-line helper may look like grto_lib's by chance."""
 
 
 def _exercises():
-    """grto_lib.exercises, imported when first needed (it imports torch): the config file imports this module."""
-    from grto_lib import exercises
+    """grto_lib.course.exercises, imported when first needed (it imports torch): the config file imports this
+    module."""
+    from grto_lib.course import exercises
     return exercises
 
 
@@ -176,7 +177,9 @@ def read_notebook(notebook) -> tuple[list[Code], list[HiddenTest]]:
 def library() -> dict[str, ast.FunctionDef]:
     """Every function grto_lib's source defines, at any depth, by dotted name (``grto_lib.losses.tool_loss``,
     ``grto_lib.losses.tool_loss.ratio``), read from its files."""
-    package = Path(_exercises().__file__).resolve().parent
+    import grto_lib
+
+    package = Path(grto_lib.__file__).resolve().parent
     functions = {}
 
     def add(node, prefix):
@@ -350,7 +353,7 @@ def run_hidden_tests(tests: list[HiddenTest], cells: list[str], timeout: float) 
     forks a process an exercise). Each result is the list of one entry a case, or why there is none."""
     global _server
     if _server is None or _server.poll() is not None:
-        _server = subprocess.Popen([sys.executable, "-c", "from grto_lib.exercises import serve_hidden_tests; "
+        _server = subprocess.Popen([sys.executable, "-c", "from grto_lib.course.exercises import serve_hidden_tests; "
                                     "serve_hidden_tests()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL)
     request = {"tests": [[t.exercise, t.answer, t.seed] for t in tests], "cells": cells, "timeout": timeout}

@@ -25,7 +25,8 @@ from pathlib import Path
 import nbformat
 import torch
 
-from grto_lib import exercises, geometry, losses, metrics, rewards
+from grto_lib import geometry, losses, metrics, rewards
+from grto_lib.course import exercises
 from grto_lib.tinyworld import toy
 
 SOURCE = Path(__file__).resolve().parent / "source"

@@ -1,4 +1,5 @@
-"""Datasets: ``load_dataset``, the one entry point, and the loaders of the real releases.
+"""Datasets: ``load_dataset``, the one entry point, the loaders of the real releases, and the order RL visits a
+training split in (``training_order``).
 
 ``load_dataset(name, split)`` returns the tiny world's synthetic generator (``grto_lib.tinyworld.worlds``);
 ``load_dataset(name, split, root=folder)`` reads a real release: ReasonSeg (LISA's json + labelme polygons),
@@ -340,3 +341,40 @@ def load_dataset(name: str, split: str, root=None, **options) -> Sequence[Sample
             raise ValueError(f"option {key} must be one of {allowed[key]}, got {value!r}")
     loader = {"reasonseg": load_reasonseg_folder, "cod": load_cod_folder, "earthreason": load_earthreason_folder}[name]
     return loader(root, split, **options)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The order RL visits the training samples
+
+
+def query_kinds(dataset) -> list:
+    """How each sample's query was made (``Scene.query_kind``) for a synthetic dataset, which draws each scene to
+    tell (and keeps none); None for every sample of a real one, none of whose files is read."""
+    if hasattr(dataset, "scene"):
+        return [dataset.scene(i).query_kind for i in range(len(dataset))]
+    return [None] * len(dataset)
+
+
+def stratified_order(kinds: list, seed: int) -> np.ndarray:
+    """The order in which training visits samples of the given query ``kinds``: a seeded permutation,
+    stratified by kind.
+
+    Within each kind the samples are shuffled and spread evenly over the epoch (sample r of a kind with n
+    samples sits at ``(r + u_kind) / n``, u ~ U(0, 1)), so every run of consecutive prompts, one RL step's
+    batch, holds the kinds in about their proportions. Steps are then alike in difficulty: the training reward
+    moves with the policy, not with the draw of easy or hard queries, and every gradient covers every kind.
+    Kinds all None (real data): a plain permutation. Training runs through this order, the same every epoch.
+    """
+    rng = np.random.default_rng(seed)
+    kinds = np.array([str(k) for k in kinds])
+    keys = np.empty(len(kinds))
+    for kind in sorted(set(kinds)):
+        members = rng.permutation(np.flatnonzero(kinds == kind))
+        keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def training_order(kinds: list, seed: int, rl_prompts: int = 0) -> np.ndarray:
+    """The samples RL visits, in order, every epoch: ``stratified_order`` cut to its first ``rl_prompts``
+    (``TrainConfig.rl_prompts``; 0: all)."""
+    return stratified_order(kinds, seed)[:rl_prompts or None]

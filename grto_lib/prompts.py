@@ -89,42 +89,38 @@ def answer_to_image_pixels(bbox, points, image_hw: tuple[int, int], policy_image
     return box, pts
 
 
-def to_trl_rows(dataset, policy_image_size: int, system_prompt: str) -> list[dict]:
-    """Rows for TRL's GRPOTrainer: ``prompt`` (conversation with ``system_prompt``), ``image`` (policy view),
-    ``sample_index``, ``query_kind`` (how a synthetic query was made, ``Scene.query_kind``; None for real data).
+def to_trl_rows(dataset, policy_image_size: int, system_prompt: str, indices=None):
+    """TRL's training rows (a ``datasets.Dataset``, which GRPOTrainer requires), one per sample of ``indices`` in
+    that order (None: every sample of ``dataset``): ``prompt`` (the conversation, with ``system_prompt``),
+    ``image`` (the policy's view), ``sample_index`` and ``query_kind`` (how a synthetic query was made,
+    ``Scene.query_kind``; None for real data).
 
-    ``sample_index`` lets reward functions and the tool loss find the sample's full-resolution image and mask.
+    Only the sample indices are stored. A row is built when it is read (``rows[r]``, or a batch ``rows[a:b]`` as
+    TRL's data loader reads them): its sample is read from ``dataset`` and its image resized then. So building the
+    rows reads no image, and memory holds only the rows being read; reading a whole column (``rows["prompt"]``)
+    builds every row. ``sample_index`` lets reward functions and the tool loss find the sample's full-resolution
+    image and mask.
     """
-    rows = []
-    for i in range(len(dataset)):
-        scene = dataset.scene(i) if hasattr(dataset, "scene") else None
-        sample = scene.sample if scene else dataset[i]
-        rows.append({"prompt": build_messages(sample.query, system_prompt),
-                     "image": policy_view(sample.image, policy_image_size),
-                     "sample_index": i, "query_kind": scene.query_kind if scene else None})
-    return rows
+    from datasets import Dataset
+
+    indices = range(len(dataset)) if indices is None else indices
+    return Dataset.from_dict({"sample_index": [int(i) for i in indices]}).with_transform(
+        _RowBuilder(dataset, policy_image_size, system_prompt))
 
 
-def stratified_order(kinds: list, seed: int) -> np.ndarray:
-    """The order in which training visits samples of the given query ``kinds``: a seeded permutation,
-    stratified by kind.
+class _RowBuilder:
+    """``to_trl_rows``' transform: a batch ``{"sample_index": [...]}`` to the batch of those samples' rows."""
 
-    Within each kind the samples are shuffled and spread evenly over the epoch (sample r of a kind with n
-    samples sits at ``(r + u_kind) / n``, u ~ U(0, 1)), so every run of consecutive prompts, one RL step's
-    batch, holds the kinds in about their proportions. Steps are then alike in difficulty: the training reward
-    moves with the policy, not with the draw of easy or hard queries, and every gradient covers every kind.
-    Kinds all None (real data): a plain permutation. Training runs through this order, the same every epoch.
-    """
-    rng = np.random.default_rng(seed)
-    kinds = np.array([str(k) for k in kinds])
-    keys = np.empty(len(kinds))
-    for kind in sorted(set(kinds)):
-        members = rng.permutation(np.flatnonzero(kinds == kind))
-        keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
-    return np.argsort(keys, kind="stable")
+    def __init__(self, dataset, policy_image_size: int, system_prompt: str):
+        self.dataset, self.policy_image_size, self.system_prompt = dataset, policy_image_size, system_prompt
 
+    def row(self, i: int) -> dict:
+        scene = self.dataset.scene(i) if hasattr(self.dataset, "scene") else None
+        sample = scene.sample if scene else self.dataset[i]
+        return {"prompt": build_messages(sample.query, self.system_prompt),
+                "image": policy_view(sample.image, self.policy_image_size),
+                "sample_index": i, "query_kind": scene.query_kind if scene else None}
 
-def training_order(kinds: list, seed: int, rl_prompts: int = 0) -> np.ndarray:
-    """The samples RL visits, in order, every epoch: ``stratified_order`` cut to its first ``rl_prompts``
-    (``TrainConfig.rl_prompts``; 0: all)."""
-    return stratified_order(kinds, seed)[:rl_prompts or None]
+    def __call__(self, batch: dict) -> dict:
+        rows = [self.row(i) for i in batch["sample_index"]]
+        return {key: [row[key] for row in rows] for key in ("prompt", "image", "sample_index", "query_kind")}

@@ -26,10 +26,11 @@ from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, bto_buffer
 from .config import TrainConfig, field_docs, repo_path
+from .data import query_kinds, training_order
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
 from .policy import no_transformers_progress_bars
-from .prompts import system_prompt_for, to_trl_rows, training_order
+from .prompts import system_prompt_for, to_trl_rows
 from .rewards import RewardWeights
 from .runs import load_models, load_splits
 from .scorer import TERMS, RolloutScorer
@@ -170,11 +171,10 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
 
 
 def _training_rows(train_set, policy_image_size: int, system_prompt: str, seed: int, rl_prompts: int = 0):
-    """TRL's training dataset: ``to_trl_rows`` in the order training visits them (``prompts.training_order``)."""
-    from datasets import Dataset
-
-    rows = to_trl_rows(train_set, policy_image_size, system_prompt)
-    return Dataset.from_list(rows).select(training_order([r["query_kind"] for r in rows], seed, rl_prompts))
+    """TRL's training dataset: ``to_trl_rows`` of the samples training visits, in its order
+    (``data.training_order``); each row is built, its image read, when TRL reads it."""
+    order = training_order(query_kinds(train_set), seed, rl_prompts)
+    return to_trl_rows(train_set, policy_image_size, system_prompt, order)
 
 
 def build_trainer(config: TrainConfig, policy, processor, tool, train_set, policy_image_size: int, *,

@@ -25,7 +25,8 @@ from pathlib import Path
 import nbformat
 import torch
 
-from grto_lib import exercises, geometry, losses, metrics, rewards
+from grto_lib import geometry, losses, metrics, rewards
+from grto_lib.course import exercises
 from grto_lib.tinyworld import toy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +223,7 @@ def clipped_policy_loss(logps, old_logps, advantages, mask, epsilon=0.2):
 
 ANSWER_BOX = '''import json
 import numpy as np
-from grto_lib.evaluate import _answer_box
+from grto_lib.tinyworld.diagnostics import _answer_box
 def parse_box(value):
     try:
         text = "<answer>" + json.dumps({"bbox": value, "points": [[0, 0]]}) + "</answer>"
@@ -293,11 +294,11 @@ def kinds() -> dict[str, Kind]:
         "helper": Kind("the library's source pasted as a helper, called by a one-line answer",
                        {e: _as_helpers(e) for e in library}),
         "patched_checks": Kind("`exercises.check_* = lambda *a, **k: None` in a solution cell, no work",
-                               {e: f"from grto_lib import exercises\n{patch}{_signature(e)}\n    return None"
+                               {e: f"from grto_lib.course import exercises\n{patch}{_signature(e)}\n    return None"
                                 for e in EXERCISES}),
         "patched_library": Kind("`exercises._implementations = lambda b: []` and `exercises._disabled = ...`, "
                                 "then the library",
-                                {e: _calling(e, head="from grto_lib import exercises\nimport contextlib\n"
+                                {e: _calling(e, head="from grto_lib.course import exercises\nimport contextlib\n"
                                                      "exercises._implementations = lambda borrowed: []\n"
                                                      "exercises._disabled = lambda f: contextlib.nullcontext()\n")
                                  for e in library}),
@@ -310,7 +311,7 @@ def kinds() -> dict[str, Kind]:
                                                 enumerate(library)}),
         "trl": Kind("TRL's own loss, `GRPOTrainer._compute_loss` (which grto_lib cannot disable)",
                     {"clipped_policy_loss": TRL_LOSS}),
-        "private": Kind("grto_lib's private functions `evaluate._answer_box`, `rewards.mask_reward`",
+        "private": Kind("grto_lib's private functions `tinyworld.diagnostics._answer_box`, `rewards.mask_reward`",
                         {"parse_box": ANSWER_BOX, "giou_ciou": MASK_REWARD}),
         "private_scores": Kind("the private `evaluate._scores`", {"giou_ciou": SCORES}),
     }

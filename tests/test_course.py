@@ -22,7 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grto_lib import exercises, geometry, losses, metrics, rewards
+from grto_lib import geometry, losses, metrics, rewards
+from grto_lib.course import exercises
 from grto_lib.tinyworld import toy
 from tests import course_attacks as attacks
 
@@ -141,7 +142,7 @@ SAYS = {"library": "grto_lib's", "pasted": "is a copy of grto_lib's", "untyped":
         "helper": "grto_lib's", "patched_checks": "fails hidden test 1 of", "patched_library": "grto_lib's",
         "lookup_table": "", "evasions": "grto_lib's", "reloaded": "", "private": "grto_lib's",
         "private_scores": "grto_lib's"}
-FLAGS = {"patched_checks": "uses setattr", "patched_library": "assigns grto_lib.exercises._implementations",
+FLAGS = {"patched_checks": "uses setattr", "patched_library": "assigns grto_lib.course.exercises._implementations",
          "lookup_table": "", "evasions": "", "reloaded": "", "private": "uses grto_lib.", "private_scores": "uses "
          "grto_lib.evaluate._scores", "trl": "uses trl.trainer.grpo_trainer.GRPOTrainer._compute_loss"}
 
@@ -171,8 +172,8 @@ def test_what_cannot_be_refused_is_flagged(graded):
 
 
 def test_patching_the_kernel_passes_there_and_nowhere_else(graded):
-    """A solution cell patched every check of grto_lib.exercises to pass: the kernel printed "correct" under each, the
-    grader failed each on its hidden tests, and logged it."""
+    """A solution cell patched every check of grto_lib.course.exercises to pass: the kernel printed "correct" under
+    each, the grader failed each on its hidden tests, and logged it."""
     for exercise, outputs in graded.check_outputs("patched_checks").items():
         assert "fails hidden test 1 of" in outputs[0]["evalue"], outputs
         assert any(o.get("text") == "correct\n" for o in outputs), outputs
@@ -262,9 +263,10 @@ def test_reading_the_code_refuses_or_flags_each_borrowing(student):
 
 
 def test_reading_the_code_flags_what_it_cannot_refuse():
-    patched = "from grto_lib import exercises\nexercises.check_pass_at_k = lambda *a, **k: None\n" \
+    patched = "from grto_lib.course import exercises\nexercises.check_pass_at_k = lambda *a, **k: None\n" \
               "def pass_at_k(correct, k):\n    return 0.5"
-    assert _scanned("pass_at_k", patched) == grading.Findings(None, ["assigns grto_lib.exercises.check_pass_at_k"])
+    assert _scanned("pass_at_k", patched) == grading.Findings(None, [
+        "assigns grto_lib.course.exercises.check_pass_at_k"])
     private = "from grto_lib import evaluate\ndef giou_ciou(preds, gts, ignores):\n" \
               "    return getattr(evaluate, '_sc' + 'ores')(preds, gts, ignores, None, False)"
     assert _scanned("giou_ciou", private) == grading.Findings(None, ["uses grto_lib.evaluate"])
@@ -274,11 +276,11 @@ def test_reading_the_code_flags_what_it_cannot_refuse():
     assert used.flags == ["uses grto_lib.losses.tool_loss_weights"] and used.refusal is None
 
 
-def test_no_function_of_grto_lib_exercises_passes_a_check():
+def test_no_function_of_grto_lib_course_passes_a_check():
     """The checks hold no reference a student could call: no function of their modules is an answer."""
-    from grto_lib import exercise_grading, exercise_rules
+    from grto_lib.course import grading as hidden_grading, rules
 
-    functions = [f for module in (exercises, exercise_rules, exercise_grading) for f in vars(module).values()
+    functions = [f for module in (exercises, rules, hidden_grading) for f in vars(module).values()
                  if inspect.isfunction(f) and f.__module__ == module.__name__]
     assert not set(EXERCISES) & {f.__name__ for f in functions}
     for name in EXERCISES:

@@ -328,6 +328,8 @@ def test_the_wheel_holds_grto_lib_and_requires_the_runtime_dependencies_and_pyth
         header = archive.read(metadata).decode().split("\n\n", 1)[0]  # then the README
     fields = [line.split(": ", 1) for line in header.splitlines() if ": " in line]
     assert all(n.startswith(("grto_lib/", "grto_lib-")) for n in names), "the wheel holds files outside grto_lib/"
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "grto_lib").rglob("*.py")}
+    assert modules <= set(names), f"modules the wheel lacks (pyproject.toml's packages): {sorted(modules - set(names))}"
     requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]
     runtime = {canonicalize_name(r.name) for r in requires if r.marker is None}
     assert runtime == set(_runtime()) and not runtime & COURSE_AND_TEST_TOOLS, runtime

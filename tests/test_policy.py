@@ -264,7 +264,6 @@ def test_paper_code_path_on_a_local_folder(hugging_face_qwen_folder):
 
 
 def test_grpo_trainer_accepts_the_tiny_policy(tiny, saved, tmp_path):
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     model, processor = load_policy(PolicyConfig(model_name_or_path=str(saved)))
@@ -272,7 +271,7 @@ def test_grpo_trainer_accepts_the_tiny_policy(tiny, saved, tmp_path):
                        TINY_SYSTEM_PROMPT)
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True,
                       bf16=False, report_to=[], max_completion_length=8, beta=0.0, loss_type="grpo")
-    trainer = GRPOTrainer(model=model, processing_class=processor, args=args, train_dataset=Dataset.from_list(rows),
+    trainer = GRPOTrainer(model=model, processing_class=processor, args=args, train_dataset=rows,
                           reward_funcs=[lambda completions, **kwargs: [0.0] * len(completions)])
     im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert trainer._is_vlm and trainer.eos_token_ids == [im_end]
@@ -370,7 +369,7 @@ STANDIN_BUILT = (policy.REPO_ROOT / policy.TINY_DEFAULT_PATH / "config.json").is
 def test_standin_follows_its_query():
     """Asked in turn for every object of a scene by its name, the stand-in boxes the object named (the manifest
     holds the number on 120 scenes: 0.995, against 0.41 for a blind guess)."""
-    from grto_lib.evaluate import follows_query
+    from grto_lib.tinyworld.diagnostics import follows_query
 
     model, processor = load_policy(PolicyConfig())
     scores = follows_query(model, processor, 128, scenes=24)
@@ -382,7 +381,7 @@ def test_standin_follows_its_query():
 def test_selection_scores_show_what_reward_can_select():
     """On reasonseg the stand-in's greedy answer is often wrong while some sample is right: the gap RL closes."""
     from grto_lib.data import load_dataset
-    from grto_lib.evaluate import selection_scores
+    from grto_lib.tinyworld.diagnostics import selection_scores
 
     model, processor = load_policy(PolicyConfig())
     scores = selection_scores(model, processor, load_dataset("reasonseg", "test", size=12), 128, rollouts=3)

@@ -1,2 +1,2 @@
-"""The study: the paper's claims in miniature (``results``, ``make results``) and the figures and widgets the
-notebooks draw (``plots``)."""
+"""The study: the paper's claims in miniature (``results``, ``make results``), the rows before RL its tables start
+with (``reference``), and the figures and widgets the notebooks draw (``plots``)."""

@@ -5,7 +5,8 @@ compute (same steps, prompts per step and group size); adds the rows before RL (
 tool from ground-truth boxes), two single-seed ablations (the tool loss over every valid rollout,
 ``tool_weighting="uniform"``, instead of the default ``on_target``: B-GRTO on ``reasonseg``, GRTO on ``cod``) and,
 on every setting and seed, a compute-matched control: GRTO given B-GRTO's bootstrap time as extra RL steps
-(``control_config``); checks the stand-in policy (``evaluate.follows_query``), and writes to ``results/``:
+(``control_config``); checks the stand-in policy (``tinyworld.diagnostics.follows_query``), and writes to
+``results/``:
 
 * ``table.md`` / ``table.csv``: test metrics, mean and standard deviation over seeds;
 * ``targets.md``: each claim the study is meant to show, the measured numbers and whether it holds;
@@ -41,6 +42,7 @@ import numpy as np
 
 from grto_lib.config import DATASETS, REPO_ROOT, TrainConfig
 from grto_lib.evaluate import TRUE_BOXES_ROW
+from grto_lib.study.reference import reference_rows
 
 RESULTS_DIR = REPO_ROOT / "results"
 RUNS_DIR = REPO_ROOT / "outputs" / "results_runs"
@@ -490,21 +492,6 @@ def _write_tables(table_rows, summary) -> None:
                 f"{'**not evaluated**' if t['holds'] is None else 'yes' if t['holds'] else '**no**'} |"
                 for t in summary["targets"]]
     (RESULTS_DIR / "targets.md").write_text("\n".join(targets) + "\n")
-
-
-def reference_rows(eval_size: int) -> dict:
-    """Per setting, the rows before RL (``evaluate.reference_rows``); and the stand-in policy's ``follows_query``
-    (``standin``)."""
-    import torch
-
-    from grto_lib.evaluate import follows_query, reference_rows as rows_before_rl
-    from grto_lib.runs import load_models
-
-    torch.set_num_threads(1)
-    out = {dataset: rows_before_rl(TrainConfig(dataset=dataset, eval_size=eval_size)) for dataset in DATASETS}
-    policy, processor, _, size = load_models(TrainConfig())
-    out["standin"] = {"follows_query": follows_query(policy, processor, size)}
-    return out
 
 
 def main(argv=None) -> None:

@@ -395,7 +395,7 @@ def pretrain_policy_standin(out_dir, seed: int = 0, steps: int = 4000, batch_siz
               "build_batches_seconds": round(built, 1), "train_seconds": round(train_seconds, 1),
               "final_loss": round(running, 4)}
     if eval_size:
-        from grto_lib.evaluate import standin_report
+        from grto_lib.tinyworld.diagnostics import standin_report
         start = time.perf_counter()
         batch = 256 if device == "cuda" else 32
         report.update(standin_report(model, processor, IMAGE_SIZE, eval_size, batch_size=batch))

@@ -1,4 +1,4 @@
-"""What every check of the course's exercises shares (``grto_lib.exercises``): the failure a student sees
+"""What every check of the course's exercises shares (``grto_lib.course.exercises``): the failure a student sees
 (``CheckFailed``), what an answer may not use (the ``grto_lib`` functions an exercise re-implements: an answer that
 is one, copies one or calls one is refused, and ``_disabled`` makes them raise while it runs) and how a result is
 compared with the expected one, with values shown where they differ."""

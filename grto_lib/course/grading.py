@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from grto_lib import losses
-from grto_lib.exercise_rules import CheckFailed, _Answer, _disabled, _implementations, refused
+from grto_lib.course.rules import CheckFailed, _Answer, _disabled, _implementations, refused
 from grto_lib.tinyworld import toy
 
 
@@ -236,7 +236,7 @@ EXERCISES = {
     "on_target_weights": Exercise(("grto_lib.losses", "grto_lib.geometry"), (), _on_target_cases,
                                   "8 x 8 targets, jittered boxes, an IoU of exactly 0.5, an invalid rollout on "
                                   "target, no box on target"),
-    "grto_surrogate": Exercise((), ("grto_lib.exercises.soft_mask_reward", "grto_lib.losses.group_advantages",
+    "grto_surrogate": Exercise((), ("grto_lib.course.exercises.soft_mask_reward", "grto_lib.losses.group_advantages",
                                     "grto_lib.losses.clipped_policy_loss", "grto_lib.losses.tool_loss"),
                                _surrogate_cases, "groups of 2, tool weights 0.7 and 0.3, both gradients",
                                _with_gradients(0, 3)),
@@ -303,6 +303,9 @@ SYSTEM_FOLDERS = ("/usr/", "/lib/", "/lib64/", "/etc/", "/sys/", "/proc/self/", 
                   "/dev/null", "/dev/urandom")
 """What a notebook's code may read while it is graded, besides the Python installation: what libraries read at
 import, none of it where a user's process writes (not /tmp, /dev/shm, a home folder or another process's /proc)."""
+GRTO_LIB = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+"""grto_lib's folder (this module is in grto_lib/course/): the files of the modules whose functions grading disables
+are in it."""
 
 
 def _while_grading(imported: set) -> Callable:
@@ -313,14 +316,13 @@ def _while_grading(imported: set) -> Callable:
     nothing of the user's (the notebooks, the gradebook, what the student's kernel may have written). No socket,
     process, signal or further hook either: the answer gets its data from its arguments only."""
     installed = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
-    package = os.path.dirname(os.path.realpath(__file__)) + os.sep
 
     def hook(event: str, args: tuple) -> None:
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             path, mode, flags = os.path.realpath(os.fsdecode(args[0])), args[1], args[2]
             reading = not any(c in mode for c in "wax+") if isinstance(mode, str) else \
                 flags is not None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) == 0
-            if not reading or path in imported or not path.startswith((*installed, *SYSTEM_FOLDERS, package)):
+            if not reading or path in imported or not path.startswith((*installed, *SYSTEM_FOLDERS, GRTO_LIB)):
                 raise PermissionError(f"{path} may not be opened while a notebook's code is graded")
         elif event.startswith(REFUSED_EVENTS):
             raise PermissionError(f"{event} is refused while a notebook's code is graded")
@@ -340,9 +342,8 @@ def grade_hidden(exercise: str, answer_name: str, seed: int, cells: list[str], s
     cases = hidden_cases(exercise, seed)
     borrowed = EXERCISES[exercise].borrowed
     implementations = _implementations(borrowed)
-    folder = os.path.dirname(os.path.realpath(__file__))
     imported = {os.path.realpath(m.__file__) for m in list(sys.modules.values()) if isinstance(
-        getattr(m, "__file__", None), str) and os.path.realpath(m.__file__).startswith(folder)}
+        getattr(m, "__file__", None), str) and os.path.realpath(m.__file__).startswith(GRTO_LIB)}
     imported |= {os.path.realpath(importlib.util.cache_from_source(f)) for f in imported if f.endswith(".py")}
     with _disabled(implementations):
         sys.addaudithook(_while_grading(imported))

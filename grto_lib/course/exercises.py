@@ -13,7 +13,7 @@ docstring or type hints, also in a helper it calls) or calls one scores nothing:
 every borrowed function is swapped for code that raises (``_disabled``), so an alias, ``sys.modules``, a thread or
 ``exec``'d code all reach the disabled code.
 
-Hidden tests (``grto_lib.exercise_grading``, re-exported here). ``check_hidden(answer, exercise, seed, want)``
+Hidden tests (``grto_lib.course.grading``, re-exported here). ``check_hidden(answer, exercise, seed, want)``
 runs the answer on cases drawn from ``seed``
 (``hidden_cases``) and compares what ``EXERCISES[exercise].observe`` makes of each result with ``want``, what a
 reference gave on them. course/hidden_tests.py writes these calls, with their values, into the source notebooks'
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from grto_lib import losses
-from grto_lib.exercise_grading import (  # noqa: F401 (the names the course's cells and course/grading.py use)
+from grto_lib.course.grading import (  # noqa: F401 (the names the course's cells and course/grading.py use)
     EXERCISES, _surrogate_case, check_hidden, grade_hidden, hidden_cases, hidden_failure, same, serve_hidden_tests)
-from grto_lib.exercise_rules import (  # noqa: F401
+from grto_lib.course.rules import (  # noqa: F401
     CheckFailed, _Answer, _close, _compare, _disabled, _implementations, _show, _tensor, refused, shape_of)
 from grto_lib.tinyworld import toy
 
