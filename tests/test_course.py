@@ -183,9 +183,6 @@ def test_patching_the_kernel_passes_there_and_nowhere_else(graded):
 def test_the_instructor_notes_hold_the_table_autograde_gives(graded):
     committed = attacks.NOTES.read_text().split(attacks.BEGIN_TABLE)[1].split(attacks.END_TABLE)[0].strip()
     assert attacks.table(graded, KINDS) == committed, "regenerate it: .venv/bin/python -m tests.course_attacks"
-    readme = (ROOT / "README.md").read_text()
-    course = readme[readme.index("## The course"):readme.index("\n## ", readme.index("## The course") + 5)]
-    assert "course/INSTRUCTORS.md" in course and "28/28" in course
 
 
 def test_feedback_holds_no_hidden_test(graded):
