@@ -1,5 +1,5 @@
 """Where a tiny stand-in's sampling noise lands: the entropy of its next-token distribution along its own greedy
-completions, summed per part of the completion (docs/benchmarks.md, section 7).
+completions, summed per part of the completion (docs/benchmark_history.md, section 7).
 
     OMP_NUM_THREADS=1 python benchmarks/completion_entropy.py --policy data/standins/policy \
         --out benchmarks/results/cpu_completion_entropy.json

@@ -1,6 +1,6 @@
 """grto_lib: GRTO and B-GRTO (group relative tool optimization) for referring segmentation.
 
-The public API, the names notebooks and your own code should use (see the README), each from its module.
+The public API, the names notebooks and your own code should use (listed in docs/api.md), each from its module.
 They are imported on first use, so ``import grto_lib`` is quick and ``python -m grto_lib.train`` does not import
 ``grto_lib.train`` twice.
 """

@@ -2,7 +2,7 @@
 
 On a GPU, transformers' Qwen2.5-VL spends most of a tiny model's step in Python: its vision attention calls
 the attention function once per image and layer, its vision position and window indices are rebuilt image by
-image at every forward, and GRPO's G copies of every prompt image are each encoded again (docs/benchmarks.md,
+image at every forward, and GRPO's G copies of every prompt image are each encoded again (docs/benchmark_history.md,
 7.1: 5x on an H200's supervised step; 6 % on a CPU GRPO step, which generation dominates).
 ``enable_fast_paths(model)`` switches a loaded model to two subclasses that avoid this when the images of a batch
 share one size (always in the tiny world; the paper preset's 840 px views too) and fall back to the stock code

@@ -349,7 +349,7 @@ class GRTOTrainer(GRPOTrainer):
     def create_model_card(self, *args, **kwargs) -> None:
         """Writes nothing. TRL would write a Hub model card (``README.md``) into the run folder at every checkpoint,
         calling the run "a fine-tuned version of None" with a text-generation quick start; a run folder's files
-        are described in the repository's README."""
+        are described in docs/api.md."""
 
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, then the tool and its optimizer, then the ``COMPLETE`` marker; the seconds it took are

@@ -348,7 +348,7 @@ class Graded:
 
 
 def nbgrader(course: Path, *args, **environment) -> subprocess.Popen:
-    """``nbgrader ARGS`` started in ``course``, as the README says (the venv need not be on PATH)."""
+    """``nbgrader ARGS`` started in ``course``, as docs/course.md says (the venv need not be on PATH)."""
     return subprocess.Popen([sys.executable, "-m", "nbgrader", *args], cwd=course, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **environment),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

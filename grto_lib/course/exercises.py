@@ -1,4 +1,4 @@
-"""The checks of the course's graded exercises (``course/source/``; the README's syllabus lists them), visible and
+"""The checks of the course's graded exercises (``course/source/``; docs/course.md's syllabus lists them), visible and
 hidden.
 
 Visible checks. ``check_<exercise>(answer)`` calls a student's function on fixed cases and returns nothing when it

@@ -207,7 +207,8 @@ def interior_point(mask, scale: float = 1.0) -> list[int]:
     mask as its deepest pixel (distance transform); otherwise the deep-enough pixel nearest it, ties in raster
     order. For most shapes that is plain arithmetic on the box, which the policy can do; ``geometry.mask_to_points``
     (the deepest pixel, then the deepest outside a disc around it) is ambiguous on symmetric shapes, and a stand-in
-    trained on it wrote its points with more entropy than anything else in its rollouts (docs/benchmarks.md, 7.3)."""
+    trained on it wrote its points with more entropy than anything else in its rollouts
+    (docs/benchmark_history.md, 7.3)."""
     x1, y1, x2, y2 = _view_box(mask, scale)
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
     depth = ndimage.distance_transform_edt(mask)
