@@ -356,7 +356,7 @@ def forced_valid_scorer_class():
                 x1, y1 = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.6) * h
                 x2, y2 = x1 + rng.uniform(0.1, 0.4) * w, y1 + rng.uniform(0.1, 0.4) * h
                 boxes[i] = [x1, y1, x2, y2]
-                points[i] = [[(x1 + x2) / 2, (y1 + y2) / 2]] * self.num_points
+                points[i] = [[(x1 + x2) / 2, (y1 + y2) / 2]] * points.shape[1]  # K = scorer.PROMPT_POINTS
                 answers[i] = rewards.Answer(bbox=(x1, y1, x2, y2), points=[tuple(p) for p in points[i]])
                 valid[i] = True
             return answers, boxes, points, valid

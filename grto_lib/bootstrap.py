@@ -36,7 +36,7 @@ from .files import write_json, write_text
 from .generation import generate_completions, max_new_tokens_for, progress_bar
 from .geometry import box_on_target
 from .prompts import system_prompt_for
-from .scorer import RolloutScorer
+from .scorer import DEFAULT_ON_TARGET_IOU, RolloutScorer
 from .tool import trainable_parameters
 
 META_FILE, ROLLOUTS_FILE = "meta.json", "rollouts.jsonl"
@@ -140,13 +140,13 @@ def _embeddings_on(storage, tool, images) -> torch.Tensor:
 
 def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float = 1e-3, batch_size: int = 64,
                    loss_kind: str = "bce_dice", seed: int = 0, weighting: str = losses.DEFAULT_TOOL_WEIGHTING,
-                   max_grad_norm: float = 1.0) -> dict:
+                   max_grad_norm: float = 1.0, on_target_iou: float = DEFAULT_ON_TARGET_IOU) -> dict:
     """Minimise the mean tool loss over the buffer rollouts that ``losses.tool_loss_selection`` selects with
-    ``weighting`` (uniform: every valid one; on_target: those whose box matches the target's), for ``steps`` Adam
-    steps of ``batch_size`` rollouts drawn uniformly, gradients clipped to ``max_grad_norm``. The reference
-    policy's rollouts carry no advantages, so the advantage-based schemes do not apply here
-    (``TrainConfig.bto_weighting`` maps them to uniform). Each image is encoded once, before the first step; the
-    embeddings wait on the CPU when the tool is on a GPU, and each step moves only its batch's images there.
+    ``weighting`` (uniform: every valid one; on_target: those whose box matches the target's, box IoU >
+    ``on_target_iou``), for ``steps`` Adam steps of ``batch_size`` rollouts drawn uniformly, gradients clipped to
+    ``max_grad_norm``. The reference policy's rollouts carry no advantages, so the advantage-based schemes do not
+    apply here (``TrainConfig.bto_weighting`` maps them to uniform). Each image is encoded once, before the first
+    step; the embeddings wait on the CPU when the tool is on a GPU, and each step moves only its batch's images there.
 
     Returns ``{"losses": [per-step loss], "seconds": wall time, "trained_rollouts": n}``, n being the buffer
     rollouts that ``weighting`` selects.
@@ -156,7 +156,8 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
         raise ValueError(f"weighting must be 'uniform' or 'on_target' (BTO has no advantages), got {weighting!r}")
     usable = [r for r in records if r["valid"]]
     by_index = {i: dataset[i] for i in sorted({r["sample_index"] for r in usable})}
-    on_target = box_on_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable])
+    on_target = box_on_target([r["bbox"] for r in usable], [by_index[r["sample_index"]].mask for r in usable],
+                              on_target_iou)
     n = len(usable)
     selected = losses.tool_loss_selection(torch.zeros(n), torch.ones(n, dtype=torch.bool), weighting,
                                           torch.as_tensor(on_target, dtype=torch.bool)) > 0

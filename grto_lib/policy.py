@@ -46,12 +46,12 @@ class PolicyConfig:
     (must equal the size the tiny folder was trained at), paper 840 (a multiple of 28)."""
     lora: bool | None = None
     """Wrap the language model's linear layers in a LoRA adapter (base weights frozen). None: paper True, tiny False."""
-    lora_r: int = 16
-    """LoRA rank."""
+    lora_rank: int = 16
+    """LoRA rank r (``TrainConfig.lora_rank``, which ``runs.load_models`` passes on, has the same default)."""
     lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    """LoRA scaling numerator: the update is scaled by lora_alpha / lora_rank (``TrainConfig.lora_alpha``)."""
     lora_dropout: float = 0.05
-    """Dropout on the LoRA branch."""
+    """Dropout on the LoRA branch's input, in [0, 1) (``TrainConfig.lora_dropout``)."""
     lora_target_modules: tuple[str, ...] = LANGUAGE_MODEL_LINEAR
     """Linear layers of the *language model* that get adapters (the vision tower is never adapted)."""
     dtype: str | None = None
@@ -75,6 +75,13 @@ class PolicyConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"PolicyConfig.dtype={self.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
         self.lora_target_modules = tuple(self.lora_target_modules)
+        for name in ("lora_rank", "lora_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PolicyConfig.{name}={value!r} must be a positive integer")
+        dropout = self.lora_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"PolicyConfig.lora_dropout={dropout!r} must be a number in [0, 1)")
         size, multiple = self.policy_image_size, 16 if tiny else 28
         if isinstance(size, bool) or not isinstance(size, int) or size < multiple or size % multiple:
             raise ValueError(
@@ -178,7 +185,7 @@ def wrap_lora(model, config: PolicyConfig):
 
     names = "|".join(config.lora_target_modules)
     lora = LoraConfig(
-        task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        task_type="CAUSAL_LM", r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=rf".*language_model.*\.({names})",
     )
     return get_peft_model(model, lora)

@@ -17,10 +17,14 @@ def load_models(config: TrainConfig, device=None):
 
     The policy comes from ``policy_path`` (a model folder or hub id, checked by ``config.model_location``) or the preset's
     default; the tool from ``tool_checkpoint`` (a ``save_tool`` folder, or a SAM checkpoint file for the paper
-    preset's ViT-H) or the tiny stand-in; ``random_tool`` builds the paper preset's ViT-H with random weights.
+    preset's ViT-H) or the tiny stand-in; ``random_tool`` builds the paper preset's ViT-H with random weights. The
+    LoRA adapter has the config's ``lora_rank``, ``lora_alpha`` and ``lora_dropout``; the tool's ``tool_train`` parts
+    are trainable, whatever its folder's ``tool_config.json`` says.
     """
     config.check_paths()
-    policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper")
+    policy_config = PolicyConfig(preset=config.preset, lora=config.lora or config.preset == "paper",
+                                 lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                                 lora_dropout=config.lora_dropout)
     if config.policy_path is not None:
         policy_config.model_name_or_path = model_location(config.policy_path, "TrainConfig.policy_path")
     elif config.preset == "paper":
@@ -38,6 +42,7 @@ def load_models(config: TrainConfig, device=None):
         tool = load_tool(load_tool_config(checkpoint or TINY_TOOL))
     else:
         tool = load_tool(ToolConfig(preset="vit_h", checkpoint=None if checkpoint is None else str(checkpoint)))
+    tool.set_trainable(config.tool_train)
     if device is not None:
         policy.to(device)
         tool.to(device)

@@ -26,6 +26,14 @@ from .geometry import box_on_target, mask_to_box
 
 TERMS = ("format", "answer", "box", "points", "mask")
 """The reward terms, in the order TRL sees them (``rewards.RewardWeights`` has one weight per term)."""
+PROMPT_POINTS = 2
+"""K, the points of every rollout's tool prompt. Not a setting: the answer format fixes it. ``prompts.SYSTEM_PROMPT``
+asks for two points (Seg-Zero's format), and the tiny tool stand-in was trained on prompts of at most two points.
+``parse`` repeats the last point of a shorter answer (the tiny policy stand-in writes one) and keeps the first two of
+a longer one: another K would drop a point the policy was asked for, or prompt the tool with copies of one."""
+DEFAULT_ON_TARGET_IOU = 0.5
+"""The default of ``TrainConfig.on_target_iou`` (and of ``RolloutScorer`` and ``bootstrap.bootstrap_tool``): a box is
+on target when its IoU with the target's tight box exceeds it, the box-accuracy criterion (``metrics``)."""
 
 
 @dataclass
@@ -37,11 +45,12 @@ class ToolBatch:
     boxes: torch.Tensor
     """[B, 4] float: the parsed box in image pixels (zeros where invalid)."""
     points: torch.Tensor
-    """[B, K, 2] float: the parsed points in image pixels (zeros where invalid)."""
+    """[B, K, 2] float: the parsed points in image pixels, K = ``PROMPT_POINTS`` (zeros where invalid)."""
     valid: torch.Tensor
     """[B] bool: the completion parsed into a prompt."""
     on_target: torch.Tensor
-    """[B] bool: the parsed box matches the target's (``geometry.box_on_target``, box IoU > 0.5)."""
+    """[B] bool: the parsed box matches the target's (``geometry.box_on_target``, box IoU > the scorer's
+    ``on_target_iou``)."""
     image_row: torch.Tensor
     """[B] long: the row of ``embeddings`` (and of ``samples``) that holds the rollout's image."""
     embeddings: torch.Tensor
@@ -79,22 +88,24 @@ def completion_text(completion) -> str:
 
 
 class RolloutScorer:
-    """Scores rollouts of prompts from ``dataset`` with the current ``tool``."""
+    """Scores rollouts of prompts from ``dataset`` with the current ``tool``. ``box_threshold``: the box reward
+    (``rewards.box_reward``: None = the box IoU, else the indicator IoU > it); ``on_target_iou``: the box IoU above
+    which a rollout is on target (``ToolBatch.on_target``); both ``TrainConfig`` fields of the same names."""
 
-    def __init__(self, dataset, tool, policy_image_size: int, num_points: int = 2,
-                 box_threshold: float | None = None):
+    def __init__(self, dataset, tool, policy_image_size: int, box_threshold: float | None = None,
+                 on_target_iou: float = DEFAULT_ON_TARGET_IOU):
         self.dataset = dataset
         self.tool = tool
         self.policy_image_size = policy_image_size
-        self.num_points = num_points
-        self.box_threshold = box_threshold  # rewards.box_reward: None = the box IoU, else the indicator IoU > it
+        self.box_threshold = box_threshold
+        self.on_target_iou = on_target_iou
 
     def parse(self, texts: list[str], samples: list):
         """Parsed answers mapped to image pixels: (answers or None, boxes [B,4], points [B,K,2], valid [B]);
         ``samples`` holds each rollout's ``Sample`` (for its image size)."""
         answers = [rewards.parse_answer(t) for t in texts]
         boxes = np.zeros((len(texts), 4))
-        points = np.zeros((len(texts), self.num_points, 2))
+        points = np.zeros((len(texts), PROMPT_POINTS, 2))
         valid = np.zeros(len(texts), dtype=bool)
         for i, (answer, sample) in enumerate(zip(answers, samples)):
             if answer is None:
@@ -104,7 +115,7 @@ class RolloutScorer:
             boxes[i] = box
             if len(pts):
                 # Fewer points than K: repeat the last; more: keep the first K.
-                points[i] = pts[np.minimum(np.arange(self.num_points), len(pts) - 1)]
+                points[i] = pts[np.minimum(np.arange(PROMPT_POINTS), len(pts) - 1)]
             else:
                 points[i] = [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]
             valid[i] = True
@@ -148,7 +159,7 @@ class RolloutScorer:
             terms["points"].append(rewards.points_reward(answer, sample.mask))
             terms["mask"].append(rewards.mask_reward(pred_masks[i], sample.mask, sample.ignore))
 
-        on_target = valid & box_on_target(boxes, [s.mask for s in rollout_samples])
+        on_target = valid & box_on_target(boxes, [s.mask for s in rollout_samples], self.on_target_iou)
         batch = ToolBatch(
             sample_index=torch.tensor(sample_indices, dtype=torch.long, device=device), boxes=boxes_t,
             points=points_t, valid=torch.tensor(valid, device=device),

@@ -17,6 +17,7 @@ import gc
 import json
 import random
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 
 from .bootstrap import bootstrap_tool, bto_buffer
-from .config import TrainConfig, field_docs, repo_path
+from .config import TrainConfig, repo_path
 from .data import query_kinds, training_order
 from .evaluate import evaluate_policy
 from .files import json_default, write_json, write_text
@@ -35,10 +36,10 @@ from .rewards import RewardWeights
 from .runs import load_models, load_splits
 from .scorer import TERMS, RolloutScorer
 from .tool import WEIGHTS_FILE
-from .trainer import GRTOTrainer, last_complete_checkpoint, load_tool_state, save_tool_state
+from .trainer import SAVE_TOTAL_LIMIT, GRTOTrainer, last_complete_checkpoint, load_tool_state, save_tool_state
 
-RESUMABLE_CHANGES = ("steps", "output_dir", "save_steps", "logging_steps", "curve_every", "curve_size", "eval_size",
-                     "micro_batch")
+RESUMABLE_CHANGES = ("steps", "output_dir", "save_steps", "logging_steps", "report_to", "curve_every", "curve_size",
+                     "eval_size", "micro_batch")
 """The only ``TrainConfig`` fields a resumed run may change (length, bookkeeping, evaluation, memory); every other
 field determines the training numbers and must equal the run folder's saved config."""
 BTO_TOOL_DIR = "bto_tool"
@@ -127,9 +128,12 @@ class _LogFile(TrainerCallback):
 
 def grpo_args(config: TrainConfig, out: Path, **overrides):
     """TRL's GRPOConfig for ``config``; everything version-sensitive is set explicitly. ``overrides`` are further
-    GRPOConfig fields that replace these (e.g. ``report_to=[]`` in a benchmark)."""
+    GRPOConfig fields that replace these (e.g. ``report_to=[]`` in a benchmark). Raises ImportError when
+    ``config.report_to``'s package is not installed (``TrainConfig.check_report_to``)."""
     from trl import GRPOConfig
 
+    if "report_to" not in overrides:
+        config.check_report_to()
     on_gpu = torch.cuda.is_available()
     completions = config.prompts_per_step * config.num_generations
     micro_batch = config.micro_batch or completions
@@ -144,6 +148,7 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         learning_rate=config.policy_lr,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(config.warmup_steps, config.steps),
+        max_grad_norm=config.policy_max_grad_norm,
         beta=config.beta,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
@@ -160,8 +165,8 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         remove_unused_columns=False,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to=["tensorboard"],
+        save_total_limit=SAVE_TOTAL_LIMIT,
+        report_to=config.report_to,
         seed=config.seed,
         data_seed=config.seed,
         shuffle_dataset=False,  # build_trainer orders the prompts (prompts.training_order)
@@ -184,7 +189,8 @@ def build_trainer(config: TrainConfig, policy, processor, tool, train_set, polic
     otherwise ``grpo_args(config, ...)`` with ``grpo_overrides``. Benchmarks may pass their own ``scorer``."""
     if args is not None and grpo_overrides:
         raise ValueError("build_trainer takes either args or GRPOConfig overrides, not both")
-    scorer = scorer or RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold)
+    scorer = scorer or RolloutScorer(train_set, tool, policy_image_size, box_threshold=config.box_threshold,
+                                     on_target_iou=config.on_target_iou)
     return GRTOTrainer(
         model=policy, processing_class=processor,
         args=args or grpo_args(config, repo_path(config.output_dir), **grpo_overrides),
@@ -371,7 +377,8 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
         return {"bto_seconds": json.loads((out / "bto.json").read_text())["bto_seconds"]}
     result = bootstrap_tool(tool, train_set, records, steps=config.bto_steps, lr=config.bto_lr,
                             batch_size=config.bto_batch, loss_kind=config.tool_loss, seed=config.seed,
-                            weighting=config.bto_weighting, max_grad_norm=config.tool_max_grad_norm)
+                            weighting=config.bto_weighting, max_grad_norm=config.tool_max_grad_norm,
+                            on_target_iou=config.on_target_iou)
     save_tool_state(tool, None, tool_dir)
     summary = {"bto_seconds": buffer_seconds + result["seconds"], "bto_buffer_seconds": buffer_seconds,
                "bto_tool_seconds": result["seconds"], "bto_trained_rollouts": result["trained_rollouts"],
@@ -384,29 +391,68 @@ def run_bto(config: TrainConfig, policy, processor, tool, train_set, policy_imag
 class CommandLine:
     """The command line's own flags, beside one flag per ``TrainConfig`` field."""
 
-    config: str | None = None
-    """A JSON file of TrainConfig fields; the other flags override it."""
-    threads: int = 1
-    """torch CPU threads (1: what 2-core machines need)."""
+    config: str | None = dataclasses.field(default=None, metadata={"help":
+        "A JSON file of TrainConfig fields; the other flags override it."})
+    threads: int = dataclasses.field(default=1, metadata={"help":
+        "torch CPU threads (1: what 2-core machines need)."})
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value: true/false, yes/no, 1/0 (any case)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: give true or false")
+    return value
+
+
+def _parser_of(parse):
+    """``parse`` as an argparse ``type``, its ValueError's message shown as the flag's error (argparse shows only
+    the function's name for a ValueError)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def add_field_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the dataclass ``cls``: ``--micro-batch`` or ``--micro_batch``, its help the field's
+    ``metadata["help"]``, its default the field's. The value is read by the field's ``metadata["type"]`` when it has
+    one (``TrainConfig.reward_weights``: ``config.parse_reward_weights``), else by its type, None aside
+    (``int | None`` reads an int); a boolean flag alone means true (``--lora``), or takes a value (``--lora false``).
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+        options = {"type": parse_bool, "nargs": "?", "const": True} if kinds == [bool] else {"type": kinds[0]}
+        if "type" in f.metadata:
+            options["type"] = _parser_of(f.metadata["type"])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        parser.add_argument(*dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"]), dest=f.name,
+                            default=default, help=f.metadata["help"].replace("%", "%%"), **options)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as it is written, and each flag's default after its help."""
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, int]:
-    """``(config, threads)`` from the command line: transformers' dataclass-driven ``HfArgumentParser``, one flag
-    per field of ``TrainConfig`` and ``CommandLine`` (``--micro-batch`` or ``--micro_batch``; the field's docstring
-    is its ``--help``), with the fields of ``--config`` as defaults."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((TrainConfig, CommandLine), description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser._option_string_actions["--reward_weights"].type = json.loads  # a dict field, given as JSON
-    for action in parser._actions:
-        action.help = field_docs(TrainConfig).get(action.dest, field_docs(CommandLine).get(action.dest, action.help))
-        action.help = action.help and action.help.replace("%", "%%")
+    """``(config, threads)`` from the command line: one flag per field of ``TrainConfig`` and ``CommandLine``
+    (``add_field_flags``: each field's ``metadata["help"]`` is its ``--help``), with the fields of ``--config`` as
+    defaults. Every value is checked by ``TrainConfig`` itself."""
+    parser = argparse.ArgumentParser(prog="python -m grto_lib.train", description=__doc__,
+                                     usage="%(prog)s [--config FILE] [--FIELD VALUE ...] (--help lists the fields)",
+                                     formatter_class=_HelpFormatter)
+    add_field_flags(parser, TrainConfig)
+    add_field_flags(parser, CommandLine)
     known, _ = parser.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**dataclasses.asdict(TrainConfig.from_json(known.config)))
-    config, options = parser.parse_args_into_dataclasses(argv)
-    return config, options.threads
+    values = vars(parser.parse_args(argv))
+    options = CommandLine(**{f.name: values.pop(f.name) for f in dataclasses.fields(CommandLine)})
+    return TrainConfig(**values), options.threads
 
 
 def main(argv=None) -> None:

@@ -59,6 +59,12 @@ against it."""
 TOOL_CHECKPOINT_DIR = "tool"
 COMPLETE_MARKER = "COMPLETE"
 """Written last into a checkpoint folder: a folder without it was interrupted mid-write and is never resumed."""
+SAVE_TOTAL_LIMIT = 2
+"""Checkpoints a run folder keeps (TRL's ``save_total_limit``, set by ``train.grpo_args``). Not a setting: resuming
+depends on it. transformers deletes the older checkpoints inside ``Trainer._save_checkpoint``, before
+``GRTOTrainer._save_checkpoint`` writes the new one's tool and ``COMPLETE_MARKER``; with a limit of 1 a run
+interrupted in between would have deleted its last complete checkpoint, leaving nothing to resume from. With 2 the
+previous complete checkpoint stays until the next one is complete."""
 
 
 def save_tool_state(tool, optimizer, folder) -> None:

@@ -1,7 +1,8 @@
 """What grto_lib declares and where it writes: pyproject.toml's runtime dependencies are what the package imports
-(in ranges) and its extras what the notebooks, the course and the tests need; requirements.txt, environment.yml and
-requirements.lock pin all of them exactly; relative paths follow one rule; and the built wheel, installed into a
-fresh virtual environment of each Python it admits that this machine has, trains from any folder and writes there."""
+(in ranges) and its extras what the notebooks, the course, TensorBoard logging and the tests need; requirements.txt,
+environment.yml and requirements.lock pin all of them exactly; relative paths follow one rule; and the built wheel,
+installed into a fresh virtual environment of each Python it admits that this machine has, trains from any folder
+and writes there."""
 import ast
 import importlib.metadata
 import os
@@ -26,7 +27,6 @@ COURSE_AND_TEST_TOOLS = {"jupyterlab", "playwright", "nbgrader", "papermill", "n
 NEEDED_WITHOUT_AN_IMPORT = {
     "torchvision": "segment_anything imports it without declaring it",
     "accelerate": "`accelerate launch -m grto_lib.train` runs on several GPUs (trl needs it too)",
-    "tensorboard": "every run reports to TensorBoard (grto_lib.train.grpo_args)",
 }
 """Runtime dependencies that no grto_lib module imports, and why they are runtime dependencies all the same."""
 PYTHONS = ("3.11", "3.12", "3.13")
@@ -93,7 +93,16 @@ def test_the_course_and_test_tools_are_extras_not_runtime_dependencies():
     assert {"jupyterlab", "papermill"} <= set(_extra("notebooks"))
     assert {"nbgrader", "playwright"} <= set(_extra("course"))
     assert {"pytest", "hypothesis", "nbval"} <= set(_extra("test"))
-    assert "grto_lib[notebooks,course]" in PROJECT["optional-dependencies"]["test"]
+    assert "grto_lib[notebooks,course,tensorboard]" in PROJECT["optional-dependencies"]["test"]
+
+
+def test_tensorboard_is_an_extra_for_the_runs_that_report_to_it():
+    """``TrainConfig.report_to`` defaults to "none"; a run with report_to="tensorboard" names the package it misses
+    (tests/test_config.py), which the ``tensorboard`` extra installs."""
+    from grto_lib.config import REPORTERS, TrainConfig
+
+    assert "tensorboard" not in _runtime() and set(_extra("tensorboard")) == {"tensorboard"}
+    assert TrainConfig().report_to == "none" and REPORTERS["tensorboard"] == "tensorboard"
 
 
 def test_lock_contains_the_direct_pins_and_only_exact_versions():

@@ -210,7 +210,7 @@ def test_save_reload_gives_identical_logits(tiny, saved):
 
 
 def test_lora_wraps_the_language_model_only(saved):
-    model, _ = load_policy(PolicyConfig(model_name_or_path=str(saved), lora=True, lora_r=4))
+    model, _ = load_policy(PolicyConfig(model_name_or_path=str(saved), lora=True, lora_rank=4))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert all(".visual." not in n for n in trainable)
@@ -218,6 +218,24 @@ def test_lora_wraps_the_language_model_only(saved):
     assert len(trainable) == 2 * 7 * layers  # A and B for q, k, v, o, gate, up, down in every layer
     frozen = [p for n, p in model.named_parameters() if "lora_" not in n]
     assert frozen and not any(p.requires_grad for p in frozen)
+
+
+@pytest.mark.parametrize("rank,alpha,dropout", [(16, 32, 0.05), (4, 12, 0.0)])
+def test_the_lora_settings_of_the_train_config_make_the_adapter(rank, alpha, dropout):
+    """``TrainConfig.lora_rank``, ``lora_alpha`` and ``lora_dropout`` reach peft through ``runs.load_models``; their
+    defaults are PolicyConfig's (the values every LoRA run used before the fields existed)."""
+    from grto_lib.config import TrainConfig
+    from grto_lib.runs import load_models
+
+    assert [getattr(PolicyConfig(), f) for f in ("lora_rank", "lora_alpha", "lora_dropout")] == [16, 32, 0.05]
+    assert [getattr(TrainConfig(), f) for f in ("lora_rank", "lora_alpha", "lora_dropout")] == [16, 32, 0.05]
+    model, _, _, _ = load_models(TrainConfig(lora=True, lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout))
+    adapter = model.peft_config["default"]
+    assert (adapter.r, adapter.lora_alpha, adapter.lora_dropout) == (rank, alpha, dropout)
+    layer = model.base_model.model.model.language_model.layers[0].self_attn.q_proj
+    assert layer.lora_A["default"].weight.shape[0] == rank == layer.lora_B["default"].weight.shape[1]
+    assert layer.scaling["default"] == alpha / rank
+    assert isinstance(layer.lora_dropout["default"], torch.nn.Dropout if dropout else torch.nn.Identity)
 
 
 def test_config_defaults_and_errors(tmp_path):
@@ -232,6 +250,10 @@ def test_config_defaults_and_errors(tmp_path):
         PolicyConfig(dtype="float64")
     with pytest.raises(ValueError, match="multiple of 28"):
         PolicyConfig(preset="paper", policy_image_size=800)
+    for field, value, message in [("lora_rank", 0, "a positive integer"), ("lora_alpha", 2.5, "a positive integer"),
+                                  ("lora_dropout", 1.0, "a number in \\[0, 1\\)")]:
+        with pytest.raises(ValueError, match=f"PolicyConfig.{field}={value!r} must be {message}"):
+            PolicyConfig(**{field: value})
     with pytest.raises(FileNotFoundError, match="python -m grto_lib.tinyworld.standins --only policy"):
         load_policy(PolicyConfig(model_name_or_path=str(tmp_path / "missing")))
 
