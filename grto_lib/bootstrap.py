@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def bootstrap_tool(tool, dataset, records: list[dict], *, steps: int, lr: float 
         loss = per.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or math.inf)  # 0: no clipping
         optimizer.step()
         history.append(loss.item())
     return {"losses": history, "seconds": time.perf_counter() - start, "trained_rollouts": len(usable)}

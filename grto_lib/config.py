@@ -211,7 +211,8 @@ class TrainConfig:
         "target's tight box exceeds this, in [0, 1). 0.5: the box-accuracy criterion; higher keeps fewer, tighter "
         "boxes."})
     tool_max_grad_norm: float = field(default=1.0, metadata={"help":
-        "Largest norm of the tool's gradient per update, in GRTO and BTO (larger ones are scaled down to it)."})
+        "Largest norm of the tool's gradient per update, in GRTO and BTO (larger ones are scaled down to it; 0: no "
+        "clipping)."})
     tool_train: str = field(default="decoder", metadata={"help":
         "Which tool parts GRTO and BTO train: decoder (the mask decoder) | decoder+prompt (also the prompt "
         "encoder's learned embeddings). Not all: the image embeddings are computed without gradients (see "

@@ -169,7 +169,7 @@ def grpo_args(config: TrainConfig, out: Path, **overrides):
         report_to=config.report_to,
         seed=config.seed,
         data_seed=config.seed,
-        shuffle_dataset=False,  # build_trainer orders the prompts (prompts.training_order)
+        shuffle_dataset=False,  # build_trainer orders the prompts (data.training_order)
         disable_tqdm=False,
         dataloader_num_workers=0,
     ), **overrides})

@@ -30,6 +30,7 @@ This class adds exactly what GRTO needs:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -346,7 +347,7 @@ class GRTOTrainer(GRPOTrainer):
         if not all(torch.isfinite(g).all() for g in grads):
             self._metrics["train"]["tool/nonfinite_grad_skipped"].append(1.0)
         else:
-            norm = torch.nn.utils.clip_grad_norm_(self.tool_parameters, self.tool_max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.tool_parameters, self.tool_max_grad_norm or math.inf)  # 0: none
             self._metrics["train"]["tool/grad_norm"].append(norm.item())
             self.tool_optimizer.step()
         self.tool_optimizer.zero_grad(set_to_none=True)

@@ -183,6 +183,28 @@ def test_bto_on_target_trains_only_on_rollouts_whose_box_matches_the_target():
         bootstrap_tool(tool, dataset, records[1:], steps=1, weighting="on_target")
 
 
+def test_a_zero_tool_max_grad_norm_means_no_clipping():
+    """``tool_max_grad_norm=0`` (like ``policy_max_grad_norm=0``) leaves the tool's gradient as it is: the bootstrap
+    steps as with an unreachable bound, not with a gradient scaled to zero, and a tight bound steps differently."""
+    import torch
+
+    from grto_lib.bootstrap import bootstrap_tool
+    from grto_lib.data import load_dataset
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.tool import load_tool, load_tool_config
+
+    dataset = load_dataset("reasonseg", "train", size=1)
+    records = [{"sample_index": 0, "valid": True, "bbox": mask_to_box(dataset[0].mask).tolist(),
+                "points": [[1.0, 1.0], [1.0, 1.0]]}]
+    weights = {}
+    for bound in (0.0, 1e12, 1e-6):
+        tool = load_tool(load_tool_config(STANDINS_DIR / "tool"))
+        bootstrap_tool(tool, dataset, records, steps=2, weighting="uniform", max_grad_norm=bound)
+        weights[bound] = torch.cat([p.detach().flatten() for p in tool.parameters()])
+    assert torch.equal(weights[0.0], weights[1e12])
+    assert not torch.allclose(weights[0.0], weights[1e-6])
+
+
 @pytest.mark.parametrize("scale", ["group", "none"])
 def test_policy_loss_and_advantages_equal_trls(tmp_path, scale):
     """In the trainer, TRL's loss is ``losses.clipped_policy_loss`` (loss_type="grpo", one micro-batch) and TRL's
