@@ -70,3 +70,14 @@ def hugging_face_qwen_folder(tmp_path_factory):
     Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                         video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE).save_pretrained(folder)
     return folder
+
+
+SLOW_FIXTURES = {"graded": "nbgrader autogrades every kind of submission of the four assignments (tests/test_course.py)"}
+"""Fixtures that take more than about 20 s to build: every test that uses one is marked ``slow`` with it (a test that
+is slow on its own carries ``@pytest.mark.slow``)."""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

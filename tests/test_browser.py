@@ -103,6 +103,7 @@ def _copy_with_this_pythons_patch_release(path: Path, folder: Path) -> None:
     nbformat.write(notebook, folder / path.name)
 
 
+@pytest.mark.slow
 def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
     from playwright.sync_api import sync_playwright
 

@@ -23,6 +23,7 @@ def _train(output_dir, **popen):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     """``python -m grto_lib.train`` killed (SIGKILL) right after its step-2 checkpoint, then run again with the same
     command: it resumes from that checkpoint and ends with the test scores and the tool weights of a run never

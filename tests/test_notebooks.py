@@ -48,6 +48,7 @@ def _stderr(notebook) -> list[str]:
     return [o["text"] for c in notebook.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
 
 
+@pytest.mark.slow
 def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
     small = dict(steps=2, prompts_per_step=2, num_generations=4, bto_steps=5)
     _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "a.ipynb", ROOT,

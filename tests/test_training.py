@@ -27,6 +27,7 @@ def _changed(a, b):
     return sorted(k for k in a if not torch.equal(a[k], b[k]))
 
 
+@pytest.mark.slow
 def test_grto_trains_the_decoder_only_and_grpo_leaves_the_tool_alone(tmp_path):
     grto = train(TrainConfig(method="grto", output_dir=str(tmp_path / "grto"), tool_lr=1e-3, **TINY))
     changed = _changed(STANDIN_TOOL, _tool_weights(tmp_path / "grto" / "final" / "tool"))
@@ -342,6 +343,7 @@ def test_liger_kernel_is_refused_because_it_bypasses_the_tool_loss(tmp_path):
                     tool_loss="bce_dice", tool_weighting="uniform", tool_max_grad_norm=1.0)
 
 
+@pytest.mark.slow
 def test_grto_learns_mean_training_reward_rises(tmp_path):
     """A real learning test: 20 GRTO steps of 8 x 8 on reasonseg (the study's settings), fixed seed, cycling through
     the first 40 prompts (``rl_prompts`` = 5 steps' worth), so the first and the last 5 steps see the same prompts in
@@ -357,6 +359,7 @@ def test_grto_learns_mean_training_reward_rises(tmp_path):
     assert last - first > 0.25, f"mean reward {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_grpo_policy_learns_from_reward_alone_on_a_repeated_pool(tmp_path):
     """The policy learns from reward, with the tool frozen: GRPO on a pool of 4 prompts, all of them every step,
     raises the mean reward of the last 5 steps over the first 5 by at least 0.5 (of 4.5). On 2000 prompts, each
@@ -370,6 +373,7 @@ def test_grpo_policy_learns_from_reward_alone_on_a_repeated_pool(tmp_path):
     assert last - first > 0.5, f"mean reward {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_bootstrap_once_and_keep_policy_and_tool_identical(tmp_path):
     """B-GRTO on two CPU processes (torchrun, gloo; accelerate's own launcher runs CPU jobs in one process): the main
     process alone builds the BTO buffer and bootstraps the tool, the other loads that tool (train() checks they are
@@ -470,6 +474,7 @@ def _torchrun(tmp_path, name: str, *args: str) -> list[dict]:
     return [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_processes_give_one_processs_update_on_the_same_rollouts(tmp_path):
     """Two gloo processes with 2 prompts each make the update one process makes with all 4 (same scripted
     rollouts): the policy's gradients are averaged by DDP, the tool's summed against the step's global weights.
