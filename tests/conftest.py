@@ -72,7 +72,7 @@ def hugging_face_qwen_folder(tmp_path_factory):
     return folder
 
 
-SLOW_FIXTURES = {"graded": "nbgrader autogrades every kind of submission of the four assignments (tests/test_course.py)"}
+SLOW_FIXTURES = {"graded": "nbgrader autogrades every kind of submission of the four assignments (test_course.py)"}
 """Fixtures that take more than about 20 s to build: every test that uses one is marked ``slow`` with it (a test that
 is slow on its own carries ``@pytest.mark.slow``)."""
 
