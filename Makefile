@@ -1,11 +1,12 @@
 # The two commands of the README:  `make demo`  (set up, then run the main job on the tiny world)
 #                                  `make test`  (set up, then run the tests)
+# While developing, `make test-fast` leaves out the tests marked slow (pyproject.toml's pytest markers).
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 OUT ?= outputs/demo
 
-.PHONY: setup demo lab test standins results fuzz clean course
+.PHONY: setup demo lab test test-fast standins results fuzz clean course
 
 setup: .venv/.installed
 
@@ -17,6 +18,9 @@ setup: .venv/.installed
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 standins: setup
 	OMP_NUM_THREADS=1 $(PY) -m grto_lib.tinyworld.standins --force

@@ -703,9 +703,11 @@ def section_cb(record, size, opts, deadline):
 
 def section_distributed(record, size, opts, deadline):
     """A short GRTO run under ``accelerate launch`` (or torchrun): every process builds the same random-init
-    models, generates and scores its own prompts, and DDP / ``GRTOTrainer._step_tool`` average the policy's and
-    the tool's gradients. After the last step, every process's policy and tool parameters are compared through
-    fingerprints (``grto_lib.train.parameters_in_sync``); throughput is completions per second of all processes."""
+    models and generates and scores its own prompts; DDP averages the policy's gradients, and
+    ``GRTOTrainer._before_optimizer_step`` sums the tool's over processes (each process's tool loss is weighted
+    against the whole optimizer step's normaliser, so the sum is the one-process update). After the last step,
+    every process's policy and tool parameters are compared through fingerprints
+    (``grto_lib.train.parameters_in_sync``); throughput is completions per second of all processes."""
     from grto_lib.policy import PolicyConfig, prepare_policy
     from grto_lib.train import parameters_in_sync
 

@@ -5,9 +5,13 @@ A completion should read (format defined in ``grto_lib.prompts``)::
     <think>...</think><answer>{"bbox": [x1, y1, x2, y2], "points": [[x, y], [x, y]]}</answer>
 
 ``parse_answer`` turns it into an ``Answer`` or ``None``; it never raises. The reward terms are pure functions,
-each with a documented range, and ``total_reward`` adds them with ``RewardWeights``. Every geometric term
-expects coordinates in pixels of the *original* image: the caller maps the parsed answer out of the policy's
-square view first with ``answer.in_image_pixels(image_hw, policy_image_size)``.
+each with a documented range: ``format_reward`` and ``answer_reward`` of the text, ``box_reward``,
+``points_reward`` and ``mask_reward`` of the parsed answer and the tool's mask. ``RewardWeights`` holds their weights;
+``RewardWeights.total`` is the weighted sum. Training scores every rollout's terms with
+``scorer.RolloutScorer.score`` (an answer that does not parse gets no mask and 0 on every term but the format) and
+TRL adds them with these weights (``GRPOConfig.reward_weights``). Every geometric term expects coordinates in pixels
+of the *original* image: the caller maps the parsed answer out of the policy's square view first with
+``answer.in_image_pixels(image_hw, policy_image_size)``.
 
 Parser decisions (each one is a design choice; tests pin them down):
 
@@ -295,42 +299,3 @@ class RewardWeights:
         rollout: then an array). TRL adds the terms the same way (``GRPOConfig.reward_weights``)."""
         return sum(getattr(self, name) * np.asarray(values, dtype=float) for name, values in terms.items())
 
-
-def total_reward(
-    text,
-    answer: Answer | None,
-    gt_box,
-    mask,
-    pred_mask,
-    ignore=None,
-    weights: RewardWeights | None = None,
-    image_hw: tuple[int, int] | None = None,
-    box_threshold: float | None = None,
-) -> dict[str, float]:
-    """Every reward term for one rollout and their weighted sum under the key ``"total"``.
-
-    Args:
-        text: the completion (for the format term).
-        answer: the parsed answer mapped to image pixels, or ``None`` when ``text`` did not parse.
-        gt_box: ground-truth box ``[x1, y1, x2, y2]`` in image pixels.
-        mask: ``(H, W)`` bool target mask.
-        pred_mask: ``(H, W)`` bool mask the tool produced from ``answer``, or ``None``.
-        ignore: optional ``(H, W)`` bool pixels excluded from the mask IoU.
-        weights: ``RewardWeights()`` when ``None``.
-        image_hw: image size for clipping the box; defaults to ``mask.shape``.
-        box_threshold: passed to ``box_reward`` (``None`` = IoU itself).
-
-    Returns:
-        ``{"format", "answer", "box", "points", "mask", "total"}``: the unweighted terms and the weighted sum.
-    """
-    weights = weights or RewardWeights()
-    mask = np.asarray(mask, dtype=bool)
-    terms = {
-        "format": format_reward(text),
-        "answer": float(answer is not None),
-        "box": box_reward(answer, gt_box, image_hw or mask.shape, box_threshold),
-        "points": points_reward(answer, mask),
-        "mask": mask_reward(pred_mask, mask, ignore) if answer is not None else 0.0,
-    }
-    terms["total"] = float(weights.total(terms))
-    return terms

@@ -1,4 +1,5 @@
-"""Shared test set-up: offline, one torch thread (2-core machines), repository paths."""
+"""Shared test set-up: offline, one torch thread (2-core machines), repository paths, and the fixtures several test
+modules read (each built once per session)."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,7 +10,42 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+import subprocess  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+from demo_commands import ROOT, demo_commands  # noqa: E402
+
+
+@dataclass
+class ExecutedNotebook:
+    """A notebook executed by papermill, and what the run left."""
+
+    path: Path
+    """The executed notebook (outputs saved)."""
+    output_dir: Path
+    """The folder its results were written to."""
+    stderr: str
+    """papermill's stderr."""
+    commands: list[str]
+    """The commands of ``make demo`` for the same output folder (its ``jupyter trust`` among them)."""
+
+
+@pytest.fixture(scope="session")
+def evaluation_notebook(tmp_path_factory) -> ExecutedNotebook:
+    """Notebook 04, executed once for every test that reads it (tests/test_notebooks.py, tests/test_browser.py):
+    ``make demo``'s own papermill command, from the repository root, with small parameters: 16 test samples, 2
+    groups in the rollout explorer, one torch thread and a ``runs_root`` holding no run, so the table has the two
+    rows before RL."""
+    out = tmp_path_factory.mktemp("demo")
+    commands = demo_commands(out)
+    papermill = next(c for c in commands if "notebooks/04_evaluation.ipynb" in c)
+    small = f" -p eval_size 16 -p explorer_samples 2 -p threads 1 -p runs_root {out / 'no_runs'}"
+    result = subprocess.run(papermill + small, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ExecutedNotebook(out / "04_evaluation.ipynb", out / "eval_reasonseg", result.stderr, commands)
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +70,14 @@ def hugging_face_qwen_folder(tmp_path_factory):
     Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                         video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE).save_pretrained(folder)
     return folder
+
+
+SLOW_FIXTURES = {"graded": "nbgrader autogrades every kind of submission of the four assignments (test_course.py)"}
+"""Fixtures that take more than about 20 s to build: every test that uses one is marked ``slow`` with it (a test that
+is slow on its own carries ``@pytest.mark.slow``)."""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -4,8 +4,8 @@ Uses Debian's ``chromium`` package (no browser download; ``.ci/run`` installs it
 ``CHROMIUM`` environment variable. Without playwright or Chromium these tests skip, naming what is missing.
 """
 import contextlib
-import json
 import os
+import platform
 import shlex
 import shutil
 import socket
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from demo_commands import demo_commands
 from test_notebook_files import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,17 @@ def _close(page) -> None:
     page.close()
 
 
+def _copy_with_this_pythons_patch_release(path: Path, folder: Path) -> None:
+    """``path`` copied into ``folder``, its ``language_info.version`` set to this interpreter's when only the patch
+    release differs: the one difference tests/test_notebook_files.py allows (JupyterLab would write it)."""
+    notebook = nbformat.read(path, as_version=4)
+    info = notebook.metadata.get("language_info", {})
+    if str(info.get("version", "")).split(".")[:2] == platform.python_version().split(".")[:2]:
+        info["version"] = platform.python_version()
+    nbformat.write(notebook, folder / path.name)
+
+
+@pytest.mark.slow
 def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
     from playwright.sync_api import sync_playwright
 
@@ -99,7 +111,7 @@ def test_opening_a_committed_notebook_leaves_it_unmodified(lab):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         for path in NOTEBOOKS:
-            shutil.copy(path, root / path.name)
+            _copy_with_this_pythons_patch_release(path, root)
             page, errors = _open(browser, url, path.name)
             time.sleep(2)  # metadata from the kernel's info reply lands after the kernel reports idle
             dirty = page.evaluate("window.jupyterapp.shell.currentWidget.context.model.dirty")
@@ -118,67 +130,21 @@ def _no_broken_output(page) -> None:
     assert "Error displaying widget" not in body and "Error rendering" not in body
 
 
-def test_notebook_04_runs_and_the_rollout_explorer_opens_each_group(lab, tmp_path):
+def test_a_demo_output_notebook_opens_trusted_and_its_rollout_explorer_opens_each_group(lab, evaluation_notebook):
+    """04 run as ``make demo`` runs it (the shared fixture: its papermill command, with small parameters) and made
+    trusted by its ``jupyter trust``: no "running over TCP" warning, a table of integer counts, and in JupyterLab the
+    explorer's groups, saved as plain HTML (no widget to show disconnected): the first open, its figure at a size
+    where its labels stay readable, the second closed until its query is clicked."""
     from playwright.sync_api import sync_playwright
 
     chromium, url, root = lab
-    notebook = nbformat.read(ROOT / "notebooks" / "04_evaluation.ipynb", as_version=4)
-    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    parameters.source += (f"\neval_size = 16\nexplorer_samples = 3\nthreads = 1\n"
-                          f"runs_root = {str(tmp_path / 'runs')!r}\noutput_dir = {str(tmp_path / 'eval')!r}\n")
-    nbformat.write(notebook, root / "04_small.ipynb")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page, errors = _open(browser, url, "04_small.ipynb")
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        groups = page.locator(".jp-OutputArea-output details")
-        groups.first.wait_for(state="attached", timeout=300_000)
-        page.wait_for_function(KERNEL_IDLE, timeout=300_000)
-        outputs = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
-            .filter(cell => cell.model.type === "code").map(cell => cell.model.outputs.toJSON())""")
-        failed = [o for cell in outputs for o in cell if o["output_type"] == "error"]
-        assert not failed, f"a cell failed: {json.dumps(failed)[:2000]}"
-        assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["reference"]["n"] == 16
-
-        assert groups.count() == 3
-        assert [groups.nth(i).locator("img").is_visible() for i in range(3)] == [True, False, False]
-        groups.nth(1).locator("summary").click()
-        groups.nth(1).locator("img").wait_for(state="visible", timeout=10_000)
-        groups.nth(1).scroll_into_view_if_needed()
-        page.screenshot(path=str(tmp_path / "rollout_explorer.png"), full_page=False)
-        _no_broken_output(page)
-        assert not errors, f"console errors: {errors}"
-        _close(page)
-        browser.close()
-
-
-def _demo_commands(out: Path) -> list[str]:
-    """The shell commands ``make demo OUT=out`` runs (``make -n`` prints them)."""
-    printed = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"OUT={out}"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout  # under `make test` too
-    return printed.replace("\\\n", " ").splitlines()
-
-
-def test_a_demo_output_notebook_opens_trusted_showing_the_rollout_explorer(lab, tmp_path):
-    """04 run as ``make demo`` runs it (its papermill command and its ``jupyter trust``), with small parameters:
-    no "running over TCP" warning, a table of integer counts, and in JupyterLab the explorer's first figure, saved
-    as plain HTML (no widget to show disconnected), at a size where its labels stay readable."""
-    from playwright.sync_api import sync_playwright
-
-    chromium, url, root = lab
-    commands = _demo_commands(tmp_path)
-    papermill = next(c for c in commands if "notebooks/04_evaluation.ipynb" in c)
-    small = f" -p eval_size 16 -p explorer_samples 2 -p threads 1 -p runs_root {tmp_path / 'none'}"
-    result = subprocess.run(papermill + small, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "without encryption" not in result.stderr, result.stderr
-    executed = tmp_path / "04_evaluation.ipynb"
-    table = next(o["data"]["text/html"] for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"
-                 for o in c.outputs if "text/html" in o.get("data", {}))
+    assert "without encryption" not in evaluation_notebook.stderr, evaluation_notebook.stderr
+    table = next(o["data"]["text/html"] for c in nbformat.read(evaluation_notebook.path, as_version=4).cells
+                 if c.cell_type == "code" for o in c.outputs if "text/html" in o.get("data", {}))
     assert ">16</td>" in table and "16.0" not in table and "nan" not in table.lower(), table
-    trust = next(c for c in commands if " trust " in c)
+    trust = next(c for c in evaluation_notebook.commands if " trust " in c)
     subprocess.run(trust, shell=True, cwd=ROOT, check=True, capture_output=True)
-    shutil.copy(executed, root / "04_demo_output.ipynb")
+    shutil.copy(evaluation_notebook.path, root / "04_demo_output.ipynb")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page, errors = _open(browser, url, "04_demo_output.ipynb")
@@ -188,7 +154,11 @@ def test_a_demo_output_notebook_opens_trusted_showing_the_rollout_explorer(lab, 
         natural, shown = figure.evaluate("image => [image.naturalWidth, image.clientWidth]")
         # the panels' labels are 9 pt at 100 dpi, 12.5 px in the PNG: shown at least 10 px high
         assert natural > 0 and 12.5 * shown / natural >= 10, (natural, shown)
-        page.screenshot(path=str(tmp_path / "demo_output.png"))
+        groups = page.locator(".jp-OutputArea-output details")
+        assert groups.count() == 2
+        assert [groups.nth(i).locator("img").is_visible() for i in range(2)] == [True, False]
+        groups.nth(1).locator("summary").click()
+        groups.nth(1).locator("img").wait_for(state="visible", timeout=10_000)
         _no_broken_output(page)
         assert not errors, f"console errors: {errors}"
         _close(page)
@@ -202,8 +172,8 @@ def test_make_lab_opens_the_demo_outputs_and_formgrader_shows_the_course(tmp_pat
     from playwright.sync_api import sync_playwright
 
     chromium = _chromium()
-    demo_commands = _demo_commands(tmp_path / "outputs" / "demo")
-    assert demo_commands[-1].endswith(f"make lab OUT={tmp_path / 'outputs' / 'demo'})\"")
+    commands = demo_commands(tmp_path / "outputs" / "demo")
+    assert commands[-1].endswith(f"make lab OUT={tmp_path / 'outputs' / 'demo'})\"")
     repository = tmp_path / "repository"
     shutil.copytree(ROOT / "course", repository / "course",
                     ignore=shutil.ignore_patterns("release", "submitted", "autograded", "feedback", "gradebook.db"))

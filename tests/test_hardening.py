@@ -1,12 +1,15 @@
 """Failures a course and long GPU runs will hit: a killed run, a half-written checkpoint, a wrong checkpoint."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from grto_lib.trainer import COMPLETE_MARKER, last_complete_checkpoint
 
@@ -20,7 +23,11 @@ def _train(output_dir, **popen):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """``python -m grto_lib.train`` killed (SIGKILL) right after its step-2 checkpoint, then run again with the same
+    command: it resumes from that checkpoint and ends with the test scores and the tool weights of a run never
+    interrupted (4 GRTO steps, a checkpoint every 2)."""
     whole = _train(tmp_path / "whole")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
 
@@ -34,13 +41,17 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    # a kill that the scheduler delayed past step 4's checkpoint would resume with nothing left to train
+    shutil.rmtree(tmp_path / "killed" / "checkpoint-4", ignore_errors=True)
 
     resumed = _train(tmp_path / "killed")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    assert b["resumed_from"] is not None
+    assert b["resumed_from"].endswith("checkpoint-2")
     assert b["test"] == pytest.approx(a["test"], abs=1e-9)
+    tool = [load_file(tmp_path / run / "final" / "tool" / "tool.safetensors") for run in ("whole", "killed")]
+    assert tool[0].keys() == tool[1].keys() and all(torch.equal(tool[0][k], tool[1][k]) for k in tool[0])
 
 
 def test_a_half_written_checkpoint_is_never_resumed(tmp_path):

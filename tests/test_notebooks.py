@@ -48,6 +48,7 @@ def _stderr(notebook) -> list[str]:
     return [o["text"] for c in notebook.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
 
 
+@pytest.mark.slow
 def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
     small = dict(steps=2, prompts_per_step=2, num_generations=4, bto_steps=5)
     _run(ROOT / "notebooks" / "03_joint_training.ipynb", tmp_path / "a.ipynb", ROOT,
@@ -67,10 +68,11 @@ def test_joint_training_from_root_and_from_notebooks_folder(tmp_path):
         # a run shorter than the default logging interval still logs every step and draws its learning curve
         assert [e["step"] for e in metrics["log_history"] if "loss" in e] == [1, 2]
         assert [p["step"] for p in metrics["curve"]] == [0, 1, 2]
-        # the step by hand: one update of each, on the group it was computed from, lowers both losses
+        # the step by hand: one update of each, on the group it was computed from, lowers both losses; the group
+        # has a rollout on target, so the tool's loss is not 0 and a broken tool step (no update) shows
         by_hand = json.loads((tmp_path / run / "step_by_hand.json").read_text())
         assert by_hand["policy_loss"][1] < by_hand["policy_loss"][0], by_hand
-        assert by_hand["tool_loss"][1] < by_hand["tool_loss"][0] or by_hand["tool_loss"] == [0.0, 0.0], by_hand
+        assert by_hand["tool_loss"][0] > 0 and by_hand["tool_loss"][1] < by_hand["tool_loss"][0], by_hand
 
 
 def test_a_run_into_a_folder_of_another_configuration_stops_before_writing_there(tmp_path):
@@ -119,15 +121,15 @@ def test_bootstrap_notebook_improves_the_tool_on_the_buffer(tmp_path):
     assert (tmp_path / "bto" / "bto_loss.png").is_file()
 
 
-def test_evaluation_notebook_writes_the_table(tmp_path):
-    _run(ROOT / "notebooks" / "04_evaluation.ipynb", tmp_path / "04.ipynb", ROOT, eval_size=16, explorer_samples=2,
-         methods=[], output_dir=str(tmp_path / "eval"))
-    rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+def test_evaluation_notebook_writes_the_table(evaluation_notebook):
+    """04 as ``make demo`` runs it, with no run to evaluate (the fixture, shared with tests/test_browser.py)."""
+    out = evaluation_notebook.output_dir
+    rows = json.loads((out / "metrics.json").read_text())
     assert set(rows) == {"reference", "untrained_tool_true_boxes"}
     assert rows["untrained_tool_true_boxes"]["giou"] > rows["reference"]["giou"]  # true boxes beat the stand-in policy
     assert rows["reference"]["n"] == 16
-    assert "| untrained_tool_true_boxes |" in (tmp_path / "eval" / "table.md").read_text()
-    explorer = nbformat.read(tmp_path / "04.ipynb", as_version=4).cells[-1].outputs
+    assert "| untrained_tool_true_boxes |" in (out / "table.md").read_text()
+    explorer = nbformat.read(evaluation_notebook.path, as_version=4).cells[-1].outputs
     assert [list(o["data"]) for o in explorer] == [["text/html", "text/plain"]]  # no widget: it renders saved
     assert explorer[0]["data"]["text/html"].count("<details") == 2
 

@@ -5,7 +5,6 @@ Fuzzing runs ~200 examples per property; ``HYPOTHESIS_PROFILE=large`` runs 20 00
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from grto_lib.prompts import format_answer
 from grto_lib.rewards import (
     COORD_LIMIT,
+    MAX_PAYLOAD_CHARS,
     MAX_POINTS,
     Answer,
     RewardWeights,
@@ -25,7 +25,6 @@ from grto_lib.rewards import (
     parse_box,
     parse_answer,
     points_reward,
-    total_reward,
 )
 
 FUZZ = settings(
@@ -159,7 +158,19 @@ def test_non_ascii_in_think_is_fine():
     assert parse_answer(wrap('{"bbox": [1, 2, 3, 4], "points": [[2, 3]]}', think="größer 🙂 較大")) is not None
 
 
-def test_100k_character_inputs_are_fast():
+def test_100k_character_inputs_cost_linear_scans_and_at_most_one_bounded_json_decode(monkeypatch):
+    """What keeps the parser fast on hostile input (benchmarks/parser_and_generation_speed.py measures it): the tags
+    are found by linear scans (``str.count`` / ``str.find``; the module has no regular expression to backtrack), and
+    ``json.loads`` runs at most once, on at most ``MAX_PAYLOAD_CHARS`` characters, however long the completion."""
+    import grto_lib.rewards as rewards
+
+    decoded = []
+
+    def counting_loads(payload, *args, **kwargs):
+        decoded.append(len(payload))
+        return json.loads(payload, *args, **kwargs)
+
+    monkeypatch.setattr(rewards, "json", type("CountingJson", (), {"loads": staticmethod(counting_loads)}))
     junk = [
         "<" * 100_000,
         "<answer>" + "[" * 100_000,
@@ -167,12 +178,17 @@ def test_100k_character_inputs_are_fast():
         wrap(" " * 100_000 + '{"bbox": [1, 2, 3, 4], "points": []}'),
         "<think>" + "a" * 100_000 + '</think><answer>{"bbox": [1, 2, 3, 4], "points": []}</answer>',
         "<answer></answer>" * 20_000,
+        wrap("[" * MAX_PAYLOAD_CHARS),  # the deepest nesting decoded: RecursionError, caught
     ]
-    start = time.perf_counter()
-    results = [(parse_answer(t), format_reward(t)) for t in junk]
-    assert time.perf_counter() - start < 0.5
+    results = []
+    for text in junk:
+        before = len(decoded)
+        results.append((parse_answer(text), format_reward(text)))
+        assert len(decoded) - before <= 1 and all(n <= MAX_PAYLOAD_CHARS for n in decoded), (text[:20], decoded)
+    assert len(decoded) == 2  # the long think's answer and the deep nesting; every other payload is refused unread
     assert results[4][0] is not None and results[4][1] == 1.0  # a long think is legal
     assert all(r[0] is None for i, r in enumerate(results) if i != 4)
+    assert not any(getattr(value, "__name__", None) == "re" for value in vars(rewards).values())
 
 
 def test_in_image_pixels_scales_and_clips():
@@ -346,18 +362,64 @@ def test_mask_reward_is_iou_with_ignore():
     assert mask_reward(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
 
 
-def test_total_reward_weighs_every_term():
+def test_reward_weights_total_weighs_every_term():
     gt = np.zeros((4, 4), bool)
     gt[:, :2] = True
     pred = np.zeros((4, 4), bool)
     pred[:2] = True
     a = answer([0, 0, 2, 2], [(0.5, 0.5), (3.5, 0.5)])  # box IoU 4/8, one point in two
-    terms = total_reward(GOOD, a, [0, 0, 2, 4], gt, pred)
-    total = 0.5 * 1 + 0.5 * 1 + 1.0 * 0.5 + 0.5 * 0.5 + 2.0 / 3
-    expected = {"format": 1.0, "answer": 1.0, "box": 0.5, "points": 0.5, "mask": 1 / 3, "total": total}
-    assert terms == pytest.approx(expected)
-    custom = total_reward("junk", None, [0, 0, 2, 4], gt, pred, weights=RewardWeights(mask=5.0))
-    assert custom == {"format": 0.0, "answer": 0.0, "box": 0.0, "points": 0.0, "mask": 0.0, "total": 0.0}
+    terms = {"format": format_reward(GOOD), "answer": answer_reward(GOOD), "box": box_reward(a, [0, 0, 2, 4], gt.shape),
+             "points": points_reward(a, gt), "mask": mask_reward(pred, gt)}
+    assert terms == pytest.approx({"format": 1.0, "answer": 1.0, "box": 0.5, "points": 0.5, "mask": 1 / 3})
+    assert RewardWeights().total(terms) == pytest.approx(0.5 * 1 + 0.5 * 1 + 1.0 * 0.5 + 0.5 * 0.5 + 2.0 / 3)
+    # one value per rollout: an array of totals; junk earns 0 on every term (no answer, hence no mask), whatever
+    # the weights
+    junk = {"format": format_reward("junk"), "answer": answer_reward("junk"), "box": box_reward(None, [0, 0, 2, 4]),
+            "points": points_reward(None, gt), "mask": mask_reward(None, gt)}
+    assert junk == dict.fromkeys(junk, 0.0)
+    rollouts = {name: [terms[name], junk[name]] for name in terms}
+    assert RewardWeights(mask=5.0).total(rollouts) == pytest.approx([0.5 + 0.5 + 0.5 + 0.25 + 5 / 3, 0.0])
+
+
+def test_the_scorer_gives_each_rollout_these_terms_and_training_weighs_them_with_reward_weights(tmp_path):
+    """Training scores its rollouts with ``RolloutScorer.score`` (one call per generation batch): the format term on
+    the text, the others on the answer mapped from the policy's view to image pixels, the mask term on the tool's
+    mask from that answer; an answer that does not parse gets no mask and 0 on every term but the format. TRL adds
+    the terms with ``RewardWeights`` (``grpo_args``' ``reward_weights``, in ``TERMS`` order)."""
+    from grto_lib.config import TrainConfig
+    from grto_lib.data import load_dataset
+    from grto_lib.geometry import mask_to_box
+    from grto_lib.scorer import TERMS, RolloutScorer
+    from grto_lib.tinyworld.standins import STANDINS_DIR
+    from grto_lib.tool import load_tool, load_tool_config
+    from grto_lib.train import grpo_args
+
+    dataset = load_dataset("reasonseg", "train", size=1)
+    sample = dataset[0]
+    assert sample.mask.shape == (128, 128)
+    box = mask_to_box(sample.mask)
+    row, col = np.argwhere(sample.mask)[0]
+    view = 256  # the policy's view at twice the image's size: its integer coordinates map back exactly
+    on_target = format_answer(box * 2, [[2 * col + 1, 2 * row + 1]] * 2)  # the point (col + 0.5, row + 0.5)
+    no_tags = on_target[on_target.index("<answer>"):]  # parses, but misses the format
+    unparsed = wrap("not json")  # the format, but no answer
+    texts = [on_target, no_tags, unparsed]
+    scored = RolloutScorer(dataset, load_tool(load_tool_config(STANDINS_DIR / "tool")), view).score(texts, [0, 0, 0])
+
+    assert scored.terms["format"] == [1.0, 0.0, 1.0] and scored.terms["answer"] == [1.0, 1.0, 0.0]
+    assert scored.terms["box"] == [1.0, 1.0, 0.0] and scored.terms["points"] == [1.0, 1.0, 0.0]
+    assert scored.pred_masks[2] is None and scored.terms["mask"][2] == 0.0
+    for i in (0, 1):
+        assert scored.pred_masks[i].shape == sample.mask.shape
+        assert scored.terms["mask"][i] == mask_reward(scored.pred_masks[i], sample.mask, sample.ignore)
+    assert 0.0 < scored.terms["mask"][0] <= 1.0  # the stand-in tool, prompted with the target's box, finds it
+
+    weights = RewardWeights(mask=5.0)
+    args = grpo_args(TrainConfig(reward_weights={"mask": 5.0}, output_dir=str(tmp_path)), tmp_path)
+    assert args.reward_weights == [getattr(weights, name) for name in TERMS] == [0.5, 0.5, 1.0, 0.5, 5.0]
+    expected = [sum(w * scored.terms[name][i] for w, name in zip(args.reward_weights, TERMS)) for i in range(3)]
+    assert weights.total(scored.terms) == pytest.approx(expected)
+    assert expected[2] == 0.5  # the format alone
 
 
 def test_default_weights_favour_the_mask():
@@ -390,8 +452,10 @@ def test_reward_terms_stay_in_range(a, gt_box, mask_bits, pred_bits, threshold):
         assert math.isfinite(value) and 0.0 <= value <= 1.0
     assert 0.0 <= points_reward(a, mask) <= 1.0
     assert 0.0 <= mask_reward(pred, mask) <= 1.0
-    terms = total_reward(GOOD, a, gt, mask, pred, box_threshold=threshold)
-    assert 0.0 <= terms["total"] <= 4.5 and math.isfinite(terms["total"])
+    total = RewardWeights().total({"format": format_reward(GOOD), "answer": answer_reward(GOOD),
+                                   "box": box_reward(a, gt, mask.shape, threshold), "points": points_reward(a, mask),
+                                   "mask": mask_reward(pred, mask) if a is not None else 0.0})
+    assert 0.0 <= total <= 4.5 and math.isfinite(total)
 
 
 @pytest.mark.parametrize("value, expected", [

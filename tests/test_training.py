@@ -27,6 +27,7 @@ def _changed(a, b):
     return sorted(k for k in a if not torch.equal(a[k], b[k]))
 
 
+@pytest.mark.slow
 def test_grto_trains_the_decoder_only_and_grpo_leaves_the_tool_alone(tmp_path):
     grto = train(TrainConfig(method="grto", output_dir=str(tmp_path / "grto"), tool_lr=1e-3, **TINY))
     changed = _changed(STANDIN_TOOL, _tool_weights(tmp_path / "grto" / "final" / "tool"))
@@ -297,32 +298,7 @@ def test_the_step_by_hand_of_notebook_03_computes_the_trainers_loss(tmp_path, we
     for name, ours, theirs in zip(("loss", "policy gradient", "tool gradient"), seen["hand"], seen["trainer"]):
         assert torch.allclose(ours, theirs, atol=1e-5), (name, (ours - theirs).abs().max())
     assert seen["trainer"][1].abs().max() > 1e-3  # the policy gradient is not trivially zero
-    if weighting == "uniform":  # every valid rollout trains the tool: its term is not trivially zero either
-        assert seen["trainer"][2].abs().max() > 1e-3
-
-
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
-    common = dict(TINY, steps=4, save_steps=2, curve_every=0)
-    whole = train(TrainConfig(method="grto", output_dir=str(tmp_path / "whole"), **common))
-
-    class Interrupt(Exception):
-        pass
-
-    from transformers import TrainerCallback
-
-    class StopAfterStep2(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(TrainConfig(method="grto", output_dir=str(tmp_path / "cut"), **common),
-              extra_callbacks=[StopAfterStep2()])
-    resumed = train(TrainConfig(method="grto", output_dir=str(tmp_path / "cut"), **common))
-    assert resumed["resumed_from"].endswith("checkpoint-2")
-    assert resumed["test"] == pytest.approx(whole["test"], abs=1e-9)
-    assert _changed(_tool_weights(tmp_path / "whole" / "final" / "tool"),
-                    _tool_weights(tmp_path / "cut" / "final" / "tool")) == []
+    assert seen["trainer"][2].abs().max() > 1e-3  # nor the tool's: the batch has rollouts that train it
 
 
 def test_resuming_a_folder_with_another_configuration_is_refused(tmp_path):
@@ -388,18 +364,22 @@ def test_liger_kernel_is_refused_because_it_bypasses_the_tool_loss(tmp_path):
                     tool_loss="bce_dice", tool_weighting="uniform", tool_max_grad_norm=1.0)
 
 
+@pytest.mark.slow
 def test_grto_learns_mean_training_reward_rises(tmp_path):
-    """A real learning test: 20 GRTO steps of 8 x 8 on reasonseg (the study's settings), fixed seed. The mean
-    reward of the last 5 steps must exceed that of the first 5 by at least 0.25 (of a maximum of 4.5); with 4
-    prompts a step the draw of prompts alone moved it by as much. Measured: see the assertion message."""
+    """A real learning test: 20 GRTO steps of 8 x 8 on reasonseg (the study's settings), fixed seed, cycling through
+    the first 40 prompts (``rl_prompts`` = 5 steps' worth), so the first and the last 5 steps see the same prompts in
+    the same order and their rewards compare the policy and the tool, not the draw of prompts. The mean reward of the
+    last 5 steps must exceed that of the first 5 by at least 0.25 (of a maximum of 4.5); measured: 2.26 -> 3.08."""
     metrics = train(TrainConfig(method="grto", output_dir=str(tmp_path), steps=20, prompts_per_step=8,
-                                num_generations=8, train_size=256, eval_size=8, curve_every=0, save_steps=100,
-                                logging_steps=1))
+                                num_generations=8, train_size=256, rl_prompts=40, eval_size=8, curve_every=0,
+                                save_steps=100, logging_steps=1))
     rewards = [e["reward"] for e in metrics["log_history"] if "reward" in e]
+    assert len(rewards) == 20
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last - first > 0.25, f"mean reward {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_grpo_policy_learns_from_reward_alone_on_a_repeated_pool(tmp_path):
     """The policy learns from reward, with the tool frozen: GRPO on a pool of 4 prompts, all of them every step,
     raises the mean reward of the last 5 steps over the first 5 by at least 0.5 (of 4.5). On 2000 prompts, each
@@ -413,6 +393,7 @@ def test_grpo_policy_learns_from_reward_alone_on_a_repeated_pool(tmp_path):
     assert last - first > 0.5, f"mean reward {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_bootstrap_once_and_keep_policy_and_tool_identical(tmp_path):
     """B-GRTO on two CPU processes (torchrun, gloo; accelerate's own launcher runs CPU jobs in one process): the main
     process alone builds the BTO buffer and bootstraps the tool, the other loads that tool (train() checks they are
@@ -513,6 +494,7 @@ def _torchrun(tmp_path, name: str, *args: str) -> list[dict]:
     return [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_processes_give_one_processs_update_on_the_same_rollouts(tmp_path):
     """Two gloo processes with 2 prompts each make the update one process makes with all 4 (same scripted
     rollouts): the policy's gradients are averaged by DDP, the tool's summed against the step's global weights.
