@@ -15,6 +15,7 @@ from grto_lib.data import NAMES, SPLITS, load_dataset
 from grto_lib.tinyworld.drawing import COLOURS, SHAPES, shape_mask
 from grto_lib.tinyworld.worlds import COD_QUERY, DEFAULT_SIZES, query_corpus
 from grto_lib.sample import Sample
+from real_formats import earthreason_folder, lisa_json, rect, reasonseg_folder, write_image, write_mask
 
 SYNTHETIC = NAMES  # every name has a synthetic generator
 
@@ -349,50 +350,8 @@ def test_query_blind_rule_is_fine_on_easy_shapes():
 # Real formats: fixtures in the released layouts
 
 
-def _write_image(path, w=40, h=30, mode="RGB", value=(10, 120, 200)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "L":
-        value = value[0]
-    elif mode == "RGBA":
-        value = (*value, 128)
-    Image.new(mode, (w, h), value).save(path)
-
-
-def _write_mask(path, w=40, h=30, box=(2, 3, 12, 8), value=255):
-    """A binary PNG whose ``box = (x1, y1, x2, y2)`` (x2, y2 exclusive) is ``value``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((h, w), dtype=np.uint8)
-    x1, y1, x2, y2 = box
-    a[y1:y2, x1:x2] = value
-    Image.fromarray(a).save(path)
-
-
-def _rect(x1, y1, x2, y2):
-    return [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
-
-
-def _lisa_json(path, text, shapes, is_sentence=True):
-    path.write_text(json.dumps({"text": text, "is_sentence": is_sentence, "shapes": shapes}))
-
-
-def _reasonseg_fixture(tmp_path, split="val"):
-    folder = tmp_path / split
-    _write_image(folder / "img_a.jpg")
-    _lisa_json(folder / "img_a.json", ["what can hold water?", "the cup"], [
-        {"label": "target", "points": _rect(2, 2, 21, 11), "shape_type": "polygon"},
-        {"label": "ignore", "points": _rect(5, 5, 9, 8), "shape_type": "polygon"},
-        {"label": "flag", "points": _rect(30, 20, 35, 25), "shape_type": "polygon"},
-    ])
-    _write_image(folder / "img_b.jpg", mode="L")
-    _lisa_json(folder / "img_b.json", ["the small thing"], [
-        {"label": "ignore", "points": _rect(0, 0, 39, 29), "shape_type": "polygon"},  # larger: drawn first
-        {"label": "target", "points": _rect(10.7, 10.2, 14.9, 12.9), "shape_type": "polygon"},  # wins, ints 10..14
-    ])
-    return folder
-
-
 def test_reasonseg_folder(tmp_path):
-    _reasonseg_fixture(tmp_path)
+    reasonseg_folder(tmp_path)
     ds = load_dataset("reasonseg", "val", root=tmp_path)
     assert len(ds) == 3
     assert [s.id for s in ds] == ["reasonseg/val/img_a#0", "reasonseg/val/img_a#1", "reasonseg/val/img_b#0"]
@@ -414,13 +373,13 @@ def test_reasonseg_folder(tmp_path):
 
 def test_reasonseg_nested_layout(tmp_path):
     """LISA's release nests the splits under ReasonSeg/."""
-    _reasonseg_fixture(tmp_path / "ReasonSeg")
+    reasonseg_folder(tmp_path / "ReasonSeg")
     assert len(load_dataset("reasonseg", "val", root=tmp_path)) == 3
 
 
 def test_reasonseg_rectangle_and_cp1252(tmp_path):
     folder = tmp_path / "test"
-    _write_image(folder / "x.jpg")
+    write_image(folder / "x.jpg")
     (folder / "x.json").write_bytes(json.dumps({
         "text": ["caf\u00e9 sign"], "is_sentence": False,
         "shapes": [{"label": "target", "points": [[1, 1], [4, 3]], "shape_type": "rectangle"}]},
@@ -433,7 +392,7 @@ def test_reasonseg_rectangle_and_cp1252(tmp_path):
     "corrupt, error, match",
     [
         (lambda f: (f / "img_a.json").unlink(), ValueError, r"img_a.jpg.*no annotation json"),
-        (lambda f: _write_image(f / "orphan.png") or (f / "img_a.json").rename(f / "other.json"), ValueError,
+        (lambda f: write_image(f / "orphan.png") or (f / "img_a.json").rename(f / "other.json"), ValueError,
          "no annotation json"),
         (lambda f: (f / "img_a.json").write_text("{not json"), ValueError, r"malformed JSON .*img_a.json"),
         (lambda f: (f / "img_a.json").write_text(json.dumps({"shapes": []})), ValueError, r"img_a.json.*'text'"),
@@ -452,17 +411,17 @@ def test_reasonseg_rectangle_and_cp1252(tmp_path):
     ],
 )
 def test_reasonseg_folder_errors_at_load(tmp_path, corrupt, error, match):
-    corrupt(_reasonseg_fixture(tmp_path))
+    corrupt(reasonseg_folder(tmp_path))
     with pytest.raises(error, match=match):
         load_dataset("reasonseg", "val", root=tmp_path)
 
 
 def test_reasonseg_folder_errors_on_access(tmp_path):
-    folder = _reasonseg_fixture(tmp_path)
+    folder = reasonseg_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="ReasonSeg 'test'"):
         load_dataset("reasonseg", "test", root=tmp_path)
     (folder / "img_a.jpg").write_bytes(b"this is not a jpeg")
-    _lisa_json(folder / "img_b.json", ["only ignore"], [{"label": "ignore", "points": _rect(0, 0, 5, 5)}])
+    lisa_json(folder / "img_b.json", ["only ignore"], [{"label": "ignore", "points": rect(0, 0, 5, 5)}])
     ds = load_dataset("reasonseg", "val", root=tmp_path)  # the listing is fine; pixels are read on access
     with pytest.raises(ValueError, match=r"cannot read image .*img_a.jpg"):
         ds[0]
@@ -476,10 +435,10 @@ def test_reasonseg_folder_errors_on_access(tmp_path):
 
 def test_cod_folder(tmp_path):
     root = tmp_path / "TestDataset" / "COD10K"
-    _write_image(root / "Imgs" / "COD10K-CAM-1.jpg")
-    _write_mask(root / "GT" / "COD10K-CAM-1.png", box=(2, 3, 12, 8))
-    _write_image(root / "Imgs" / "COD10K-CAM-2.png", mode="RGBA")
-    _write_mask(root / "GT" / "COD10K-CAM-2.png", box=(0, 0, 40, 2), value=200)
+    write_image(root / "Imgs" / "COD10K-CAM-1.jpg")
+    write_mask(root / "GT" / "COD10K-CAM-1.png", box=(2, 3, 12, 8))
+    write_image(root / "Imgs" / "COD10K-CAM-2.png", mode="RGBA")
+    write_mask(root / "GT" / "COD10K-CAM-2.png", box=(0, 0, 40, 2), value=200)
     ds = load_dataset("cod", "test", root=root)
     assert [s.id for s in ds] == ["cod/test/COD10K-CAM-1", "cod/test/COD10K-CAM-2"]
     assert all(s.query == COD_QUERY and s.ignore is None for s in ds)
@@ -490,24 +449,24 @@ def test_cod_folder(tmp_path):
 
 
 def test_cod_alternative_layout_and_threshold(tmp_path):
-    _write_image(tmp_path / "Image" / "camo_1.jpg")
-    _write_mask(tmp_path / "GT_Object" / "camo_1.png", box=(0, 0, 10, 10), value=128)
+    write_image(tmp_path / "Image" / "camo_1.jpg")
+    write_mask(tmp_path / "GT_Object" / "camo_1.png", box=(0, 0, 10, 10), value=128)
     with pytest.raises(ValueError, match="empty ground-truth mask"):
         load_dataset("cod", "train", root=tmp_path)[0]  # grey 128 is not > 128 (py_sod_metrics' threshold)
-    _write_mask(tmp_path / "GT_Object" / "camo_1.png", box=(0, 0, 10, 10), value=129)
+    write_mask(tmp_path / "GT_Object" / "camo_1.png", box=(0, 0, 10, 10), value=129)
     assert load_dataset("cod", "train", root=tmp_path)[0].mask.sum() == 100
 
 
 def test_cod_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset("cod", "test", root=tmp_path / "missing")
-    _write_image(tmp_path / "Imgs" / "a.jpg")
+    write_image(tmp_path / "Imgs" / "a.jpg")
     with pytest.raises(FileNotFoundError, match="GT/ or GT_Object/"):
         load_dataset("cod", "test", root=tmp_path)
-    _write_mask(tmp_path / "GT" / "b.png")
+    write_mask(tmp_path / "GT" / "b.png")
     with pytest.raises(ValueError, match=r"a.jpg .*expected .*GT/a"):
         load_dataset("cod", "test", root=tmp_path)
-    _write_mask(tmp_path / "GT" / "a.png", w=20)
+    write_mask(tmp_path / "GT" / "a.png", w=20)
     with pytest.raises(ValueError, match="b.png has no image"):
         load_dataset("cod", "test", root=tmp_path)
     (tmp_path / "GT" / "b.png").unlink()
@@ -516,24 +475,13 @@ def test_cod_folder_errors(tmp_path):
     (tmp_path / "GT" / "a.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="cannot read mask .*a.png"):
         load_dataset("cod", "test", root=tmp_path)[0]
-    _write_image(tmp_path / "Imgs" / "a.png")
+    write_image(tmp_path / "Imgs" / "a.png")
     with pytest.raises(ValueError, match="two files with stem 'a'"):
         load_dataset("cod", "test", root=tmp_path)
 
 
-def _earthreason_fixture(base, split="val"):
-    d = base / "RSReasonSeg" / split
-    for stem, box in (("0001", (2, 3, 12, 8)), ("0002", (20, 10, 30, 30))):
-        _write_image(d / "images" / f"{stem}.jpg")
-        _write_mask(d / "labels" / f"{stem}.png", box=box, value=1)  # any non-zero pixel is target
-        (d / "QAs").mkdir(parents=True, exist_ok=True)
-        (d / "QAs" / f"{stem}.json").write_text(json.dumps(
-            {"questions": [f"where could a plane land? ({stem})", "which area is flat?"], "answer": ["the runway"]}))
-    return d
-
-
 def test_earthreason_folder(tmp_path):
-    d = _earthreason_fixture(tmp_path)
+    d = earthreason_folder(tmp_path)
     ds = load_dataset("earthreason", "val", root=tmp_path)
     assert len(ds) == 4
     assert [s.id for s in ds] == ["earthreason/val/0001#0", "earthreason/val/0001#1", "earthreason/val/0002#0",
@@ -553,7 +501,7 @@ def test_earthreason_folder(tmp_path):
     [
         (lambda d: (d / "labels" / "0002.png").unlink(), ValueError, r"0002.jpg .*no label"),
         (lambda d: (d / "QAs" / "0001.json").unlink(), ValueError, r"0001.jpg .*no QA"),
-        (lambda d: _write_mask(d / "labels" / "0003.png"), ValueError, r"0003.png has no image"),
+        (lambda d: write_mask(d / "labels" / "0003.png"), ValueError, r"0003.png has no image"),
         (lambda d: (d / "QAs" / "0001.json").write_text("[1, 2"), ValueError, r"malformed JSON .*0001.json"),
         (lambda d: (d / "QAs" / "0001.json").write_text('{"answer": []}'), ValueError, "'questions'"),
         (lambda d: (d / "QAs" / "0001.json").write_text('{"questions": [""]}'), ValueError, "empty query"),
@@ -562,17 +510,17 @@ def test_earthreason_folder(tmp_path):
     ],
 )
 def test_earthreason_folder_errors_at_load(tmp_path, corrupt, error, match):
-    corrupt(_earthreason_fixture(tmp_path))
+    corrupt(earthreason_folder(tmp_path))
     with pytest.raises(error, match=match):
         load_dataset("earthreason", "val", root=tmp_path)
 
 
 def test_earthreason_folder_errors_on_access(tmp_path):
-    d = _earthreason_fixture(tmp_path)
+    d = earthreason_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="EarthReason 'train'"):
         load_dataset("earthreason", "train", root=tmp_path)
-    _write_mask(d / "labels" / "0001.png", h=31)
-    _write_mask(d / "labels" / "0002.png", value=0)  # a no-target sample
+    write_mask(d / "labels" / "0001.png", h=31)
+    write_mask(d / "labels" / "0002.png", value=0)  # a no-target sample
     ds = load_dataset("earthreason", "val", root=tmp_path)
     with pytest.raises(ValueError, match="0001.png is 40x31"):
         ds[0]
@@ -588,125 +536,6 @@ def test_earthreason_folder_errors_on_access(tmp_path):
      ({"allow_empty": 1}, "allow_empty must be one of")],
 )
 def test_real_option_validation(tmp_path, kwargs, match):
-    _earthreason_fixture(tmp_path)
+    earthreason_folder(tmp_path)
     with pytest.raises(ValueError, match=match):
         load_dataset("earthreason", "val", root=tmp_path, **kwargs)
-
-
-def test_training_order_puts_every_query_kind_in_every_step_in_proportion():
-    from collections import Counter
-
-    from grto_lib.tinyworld.worlds import REASONSEG_KINDS
-    from grto_lib.data import stratified_order
-
-    rng = np.random.default_rng(0)
-    kinds = list(rng.choice(list(REASONSEG_KINDS), size=400, p=list(REASONSEG_KINDS.values())))
-    order = stratified_order(kinds, seed=3)
-    assert sorted(order) == list(range(400))  # a permutation
-    assert (order == stratified_order(kinds, seed=3)).all() and not (order == stratified_order(kinds, seed=4)).all()
-    share = {k: n / 400 for k, n in Counter(kinds).items()}
-
-    def worst_step(order):  # the largest gap between a kind's count in one RL step of 8 prompts and its share
-        return max(abs(Counter(kinds[i] for i in order[s:s + 8]).get(k, 0) - 8 * p)
-                   for s in range(0, 400, 8) for k, p in share.items())
-
-    assert worst_step(order) < 2
-    assert worst_step(np.random.default_rng(3).permutation(400)) >= 2.5  # a plain shuffle: steps differ widely
-    # without kinds (real data) it is a plain seeded permutation
-    assert sorted(stratified_order([None] * 50, seed=0)) == list(range(50))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# TRL's training rows: built when read, in the training order
-
-
-def _rows_built_up_front(dataset, size, system_prompt, seed, rl_prompts):
-    """The training rows as they were built before they were lazy (every sample read and its image resized up
-    front, the list stored by ``datasets``, then put in the training order), and each sample's target mask."""
-    from datasets import Dataset
-
-    from grto_lib.data import training_order
-    from grto_lib.prompts import build_messages, policy_view
-
-    rows, targets = [], []
-    for i in range(len(dataset)):
-        scene = dataset.scene(i)
-        rows.append({"prompt": build_messages(scene.sample.query, system_prompt),
-                     "image": policy_view(scene.sample.image, size), "sample_index": i,
-                     "query_kind": scene.query_kind})
-        targets.append(scene.sample.mask)
-    return Dataset.from_list(rows).select(training_order([r["query_kind"] for r in rows], seed, rl_prompts)), targets
-
-
-def _without_none(value):
-    """A conversation without the None-valued keys ``datasets`` adds when it stores one (``"text": None`` on an
-    image part)."""
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    return [_without_none(v) for v in value] if isinstance(value, list) else value
-
-
-@pytest.mark.parametrize("seed,rl_prompts", [(0, 0), (3, 8)])
-def test_lazy_training_rows_are_the_rows_built_up_front(seed, rl_prompts):
-    from grto_lib.prompts import TINY_SYSTEM_PROMPT
-    from grto_lib.train import _training_rows
-
-    dataset = load_dataset("reasonseg", "train", size=24, seed=seed)
-    eager, targets = _rows_built_up_front(dataset, 96, TINY_SYSTEM_PROMPT, seed, rl_prompts)
-    lazy = _training_rows(dataset, 96, TINY_SYSTEM_PROMPT, seed, rl_prompts)
-    assert len(lazy) == len(eager) == (rl_prompts or 24)
-    assert len({eager[r]["query_kind"] for r in range(len(eager))}) >= 3  # the order is stratified over kinds
-    batch = lazy[0:len(lazy)]  # a batch, as TRL's data loader reads them
-    for r in range(len(eager)):
-        built, read = eager[r], lazy[r]
-        assert read["sample_index"] == built["sample_index"] == batch["sample_index"][r]
-        assert read["query_kind"] == built["query_kind"] and read["prompt"] == _without_none(built["prompt"])
-        assert read["prompt"][1]["content"][1]["text"] == dataset[read["sample_index"]].query
-        assert read["image"].size == (96, 96)
-        assert (np.asarray(read["image"]) == np.asarray(built["image"])).all()
-        assert (np.asarray(batch["image"][r]) == np.asarray(built["image"])).all()
-        assert (dataset[read["sample_index"]].mask == targets[built["sample_index"]]).all()
-
-
-def _real_folder(name, tmp_path):
-    """A folder of ``name``'s real release format with 3 or 4 samples, and its split."""
-    if name == "reasonseg":
-        _reasonseg_fixture(tmp_path)
-    elif name == "cod":
-        for stem, box in (("a", (2, 3, 12, 8)), ("b", (5, 5, 30, 20)), ("c", (0, 0, 40, 2))):
-            _write_image(tmp_path / "Imgs" / f"{stem}.jpg", value=(ord(stem), 90, 10))
-            _write_mask(tmp_path / "GT" / f"{stem}.png", box=box)
-    else:
-        _earthreason_fixture(tmp_path)
-    return tmp_path, "val"
-
-
-def _files_read(dataset, index) -> list[str]:
-    """The image files reading sample ``index`` of a real dataset opens: its image, then its mask (ReasonSeg's
-    ground truth is a json)."""
-    entry = dataset.entries[index]
-    return [str(entry.image)] + ([] if entry.target.suffix == ".json" else [str(entry.target)])
-
-
-@pytest.mark.parametrize("name", ["reasonseg", "cod", "earthreason"])
-def test_training_rows_of_a_real_folder_read_no_image_until_a_row_is_read(name, tmp_path, monkeypatch):
-    import PIL.Image
-
-    from grto_lib.prompts import SYSTEM_PROMPT, policy_view
-    from grto_lib.train import _training_rows
-
-    root, split = _real_folder(name, tmp_path)
-    opened, open_ = [], PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(str(path)) or open_(path, *a, **k))
-    dataset = load_dataset(name, split, root=root)
-    rows = _training_rows(dataset, 64, SYSTEM_PROMPT, seed=0)
-    assert len(rows) == len(dataset) >= 3 and opened == []
-    assert sorted(rows.with_format(None)["sample_index"]) == list(range(len(dataset))) and opened == []
-    row = rows[1]
-    assert opened == _files_read(dataset, row["sample_index"])
-    assert row["query_kind"] is None and row["prompt"][1]["content"][1]["text"] == dataset[row["sample_index"]].query
-    opened.clear()
-    batch = rows[0:2]  # a batch, as TRL's data loader reads them
-    assert opened == [f for i in batch["sample_index"] for f in _files_read(dataset, i)]
-    for image, i in zip(batch["image"], batch["sample_index"]):
-        assert (np.asarray(image) == np.asarray(policy_view(dataset[i].image, 64))).all()
