@@ -122,5 +122,7 @@ class _RowBuilder:
                 "sample_index": i, "query_kind": scene.query_kind if scene else None}
 
     def __call__(self, batch: dict) -> dict:
-        rows = [self.row(i) for i in batch["sample_index"]]
+        # TRL's sampler repeats each prompt G times in a batch: build each once
+        built = {i: self.row(i) for i in dict.fromkeys(batch["sample_index"])}
+        rows = [built[i] for i in batch["sample_index"]]
         return {key: [row[key] for row in rows] for key in ("prompt", "image", "sample_index", "query_kind")}

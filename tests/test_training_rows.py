@@ -82,6 +82,12 @@ def test_lazy_training_rows_are_the_rows_built_up_front(seed, rl_prompts):
         assert (np.asarray(read["image"]) == np.asarray(built["image"])).all()
         assert (np.asarray(batch["image"][r]) == np.asarray(built["image"])).all()
         assert (dataset[read["sample_index"]].mask == targets[built["sample_index"]]).all()
+    # TRL's sampler repeats every prompt G times in a batch: each repeat is the same row
+    repeated = lazy.__getitems__([r for r in range(len(eager)) for _ in range(3)])
+    for k, row in enumerate(repeated):
+        built = eager[k // 3]
+        assert row["sample_index"] == built["sample_index"] and row["prompt"] == _without_none(built["prompt"])
+        assert (np.asarray(row["image"]) == np.asarray(built["image"])).all()
 
 
 def _real_folder(name, tmp_path):
